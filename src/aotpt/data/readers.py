@@ -1,0 +1,206 @@
+"""Read a task's split into `Example` dicts, from local files or from the hub.
+
+Both readers normalise a source row to the hub's schema (field names, `idx`,
+label id) and hand it to `spec.build`, so the two paths give the same
+examples. Local layout: data_dir/glue/<Folder>/*.tsv and
+data_dir/superglue/<Folder>/*.jsonl, as the official archives unpack.
+
+GLUE TSVs are read like the GLUE loaders read them: tab-split with no quote
+handling (fields may start with `"`), UTF-8 with an optional BOM (MRPC), CR
+stripped. Every problem is a one-line DataError naming `path:line`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from aotpt.errors import AotptError, DataError, choices
+from aotpt.tasks.spec import Example, TaskSpec
+
+# split -> file name, per benchmark
+FILES = {
+    "glue": {
+        "train": "train.tsv",
+        "validation": "dev.tsv",
+        "validation_matched": "dev_matched.tsv",
+        "validation_mismatched": "dev_mismatched.tsv",
+        "test": "test.tsv",
+        "test_matched": "test_matched.tsv",
+        "test_mismatched": "test_mismatched.tsv",
+    },
+    "superglue": {"train": "train.jsonl", "validation": "val.jsonl", "test": "test.jsonl"},
+}
+HUB_HINT = "use local files: data_dir=/path/to/folder with glue/ and superglue/ (see README)"
+
+
+def _short(value: Any) -> str:
+    """repr() cut to keep an error message on one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_split(spec: TaskSpec, split: str) -> None:
+    if split not in spec.splits:
+        raise choices(f"split of task {spec.name}", split, spec.splits)
+
+
+def local_path(spec: TaskSpec, data_dir: str | Path, split: str) -> Path:
+    """The file holding `split` of `spec` under `data_dir`."""
+    _check_split(spec, split)
+    return Path(data_dir) / spec.benchmark / spec.folder / FILES[spec.benchmark][split]
+
+
+def _tsv_rows(path: Path, headerless: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, column -> value) per data row; checks every row's column count."""
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+        header = list(headerless) or [name.rstrip("\r") for name in next(reader, [])]
+        for row in reader:
+            if not row:
+                continue  # blank line
+            if len(row) != len(header):
+                raise DataError(
+                    f"{path}:{reader.line_num}: {len(row)} tab-separated columns, expected {len(header)} "
+                    f"({', '.join(header)})"
+                )
+            row[-1] = row[-1].rstrip("\r")
+            yield reader.line_num, dict(zip(header, row, strict=True))
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-blank line."""
+    with path.open(encoding="utf-8-sig") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{line_no}: invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _local_label(spec: TaskSpec, raw: Any, where: str) -> int | float:
+    """The label id (or float score) of a raw label value from a local file."""
+    if spec.is_regression:
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: field 'label': score {_short(raw)} is not a number") from None
+    for label_id, accepted in enumerate(spec.raw_labels):
+        # type check too: JSON `true` must not match a label written 1, nor "1" match 1
+        if type(raw) is type(accepted) and raw == accepted:
+            return label_id
+    accepted = ", ".join(repr(v) for v in spec.raw_labels)
+    raise DataError(f"{where}: field 'label': unknown label {_short(raw)} for task {spec.name}; accepted: {accepted}")
+
+
+def _hub_label(spec: TaskSpec, raw: Any, where: str) -> int | float:
+    if spec.is_regression:
+        return float(raw)
+    if not isinstance(raw, int) or not 0 <= raw < spec.num_labels:
+        raise DataError(f"{where}: field 'label': label id {_short(raw)} outside 0..{spec.num_labels - 1}")
+    return raw
+
+
+def _example(spec: TaskSpec, row: dict[str, Any], where: str) -> Example:
+    """Run the task's builder, turning a missing field into a DataError that names it."""
+    try:
+        return spec.build(row)
+    except KeyError as err:
+        present = ", ".join(str(k) for k in row)
+        raise DataError(f"{where}: missing field {err.args[0]!r} for task {spec.name}; row has: {present}") from None
+
+
+def _local_idx(value: Any, where: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: field 'idx': {_short(value)} is not an integer") from None
+
+
+def read_local(spec: TaskSpec, data_dir: str | Path, split: str) -> list[Example]:
+    """All examples of `split`, read from the official file under `data_dir`."""
+    path = local_path(spec, data_dir, split)
+    if not path.is_file():
+        raise DataError(
+            f"{path}: file not found (task {spec.name}, split {split}); "
+            f"data_dir must hold {spec.benchmark}/{spec.folder}/{path.name}"
+        )
+    labelled = split not in spec.test_splits
+    if spec.benchmark == "glue":
+        rows = _tsv_rows(path, spec.headerless if labelled else ())
+    else:
+        rows = _jsonl_rows(path)
+    rename = dict(spec.local_rename)
+    examples = []
+    for row_no, (line_no, raw) in enumerate(rows):
+        where = f"{path}:{line_no}"
+        row = {rename.get(key, key): value for key, value in raw.items()}
+        row["idx"] = _local_idx(row.get("idx", row_no), where)
+        if labelled:
+            if "label" not in row:
+                raise DataError(f"{where}: missing field 'label' for task {spec.name} split {split}")
+            row["label"] = _local_label(spec, row["label"], where)
+        else:
+            row["label"] = None
+        examples.append(_example(spec, row, where))
+    if not examples:
+        raise DataError(f"{path}: no examples (task {spec.name}, split {split})")
+    return examples
+
+
+def _hub_offline() -> bool:
+    import datasets
+    import huggingface_hub
+
+    return huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE
+
+
+def read_hub(spec: TaskSpec, split: str) -> list[Example]:
+    """All examples of `split` from the Hugging Face hub (or its local cache).
+
+    Online, one metadata request comes first: hub downloads retry for about
+    half a minute on a dead network, while this request fails at once and
+    turns into a one-line error. With HF_HUB_OFFLINE=1 the hub cache is used
+    and nothing is requested.
+    """
+    import datasets
+    import huggingface_hub
+
+    _check_split(spec, split)
+    repo, config = spec.hub
+    name = f"{repo} ({config}, split {split})"
+    offline = _hub_offline()
+    try:
+        if not offline:
+            huggingface_hub.HfApi().dataset_info(repo, timeout=10)
+        table = datasets.load_dataset(repo, config, split=split)
+    except Exception as err:  # network, offline mode, missing cache: all end in the same advice
+        reason = (str(err).splitlines() or [""])[0][:120]
+        cache = (
+            "HF_HUB_OFFLINE is set and the hub cache lacks it"
+            if offline
+            else "or set HF_HUB_OFFLINE=1 to use the hub cache"
+        )
+        raise AotptError(
+            f"could not download the dataset {name} from the Hugging Face hub ({type(err).__name__}: {reason}); "
+            f"{HUB_HINT}; {cache}"
+        ) from err
+    labelled = split not in spec.test_splits
+    examples = []
+    for row_no, row in enumerate(table):
+        where = f"{name}:{row_no}"
+        row = dict(row)
+        row.setdefault("idx", row_no)
+        row["label"] = _hub_label(spec, row.get("label"), where) if labelled else None
+        examples.append(_example(spec, row, where))
+    if not examples:
+        raise DataError(f"{name}: no examples")
+    return examples

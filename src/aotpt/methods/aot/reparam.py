@@ -1,0 +1,161 @@
+"""Reparameterisations of the AoT table P = [P_1 | ... | P_L], a |V| x (L*d) matrix.
+
+Every reparameterisation is a *bias source*: `rows(ids)` returns the rows
+P[ids] without building the table, and `table()` builds the whole table in row
+chunks (for export). All start with P = 0, so a fresh AoT model computes what
+the frozen backbone computes.
+
+    kron : P = (W_L ⊗ W_M) W_R       W_L a×r, W_M b×r, W_R r²×L·d (zero)
+    fc   : P = f(E W1 + b1) W2 + b2  E frozen word embeddings, W2 = b2 = 0
+    dense: P                          a plain |V|×L·d parameter (small models only)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.activations import ACT2FN
+
+from aotpt.errors import ConfigError
+
+# A dense table above this size is refused: use kron or fc instead.
+DENSE_MAX_BYTES = 2 * 1024**3
+
+
+@dataclass
+class ReparamConfig:
+    """Fields shared by every reparameterisation."""
+
+    dropout: float = 0.0  # on the rank-space activations (kron: r², fc: r); 0 keeps rows exact
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"reparam.dropout={self.dropout} must be in [0, 1)")
+
+
+@dataclass
+class KronConfig(ReparamConfig):
+    rank: int = 16  # r: W_R has r² rows
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank < 1:
+            raise ConfigError(f"reparam.rank={self.rank} must be >= 1")
+
+    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> KronReparam:
+        return KronReparam(word_embeddings.num_embeddings, num_layers, hidden, self.rank, self.dropout)
+
+
+@dataclass
+class FcConfig(ReparamConfig):
+    rank: int = 64  # r: width of the bottleneck between E (d) and P (L·d)
+    activation: str = "relu"  # f, any name in transformers.activations.ACT2FN
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.rank < 1:
+            raise ConfigError(f"reparam.rank={self.rank} must be >= 1")
+        if self.activation not in ACT2FN:
+            raise ConfigError(f"unknown reparam.activation={self.activation!r}; accepted: {', '.join(sorted(ACT2FN))}")
+
+    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> FcReparam:
+        return FcReparam(word_embeddings, num_layers, hidden, self.rank, self.activation, self.dropout)
+
+
+@dataclass
+class DenseConfig(ReparamConfig):
+    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> DenseReparam:
+        vocab = word_embeddings.num_embeddings
+        need = vocab * num_layers * hidden * 4
+        if need > DENSE_MAX_BYTES:
+            raise ConfigError(
+                f"reparam=dense needs {need / 1024**3:.1f} GiB for a {vocab}x{num_layers * hidden} fp32 table "
+                f"(limit {DENSE_MAX_BYTES / 1024**3:.0f} GiB, plus twice that for Adam); "
+                "use reparam=kron or reparam=fc"
+            )
+        return DenseReparam(vocab, num_layers, hidden)
+
+
+class Reparam(nn.Module):
+    """A bias source: rows of P for given token ids, without building P."""
+
+    def __init__(self, vocab_size: int, num_layers: int, hidden: int) -> None:
+        super().__init__()
+        self.vocab_size, self.num_layers, self.hidden = vocab_size, num_layers, hidden
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """P[ids]: (N,) long -> (N, L*d)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def table(self, chunk_rows: int = 4096, dtype: torch.dtype = torch.float16) -> torch.Tensor:
+        """The whole table (|V|, L*d) in `dtype`, built `chunk_rows` rows at a time.
+
+        Peak memory stays near the size of the result: each chunk is computed in
+        fp32 and cast before the next one starts. Runs in eval mode (no dropout).
+        """
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        out = torch.empty(self.vocab_size, self.num_layers * self.hidden, dtype=dtype, device=device)
+        for start in range(0, self.vocab_size, chunk_rows):
+            ids = torch.arange(start, min(start + chunk_rows, self.vocab_size), device=device)
+            out[start : start + len(ids)] = self.rows(ids).to(dtype)
+        self.train(was_training)
+        return out
+
+
+class KronReparam(Reparam):
+    """Row x of (W_L ⊗ W_M) is kron(W_L[x // b], W_M[x % b]), so any row costs O(r² L d)."""
+
+    def __init__(self, vocab_size: int, num_layers: int, hidden: int, rank: int, dropout: float) -> None:
+        super().__init__(vocab_size, num_layers, hidden)
+        self.a = math.ceil(math.sqrt(vocab_size))
+        self.b = math.ceil(vocab_size / self.a)  # a * b >= |V|
+        self.rank = rank
+        self.W_L = nn.Parameter(torch.randn(self.a, rank) / math.sqrt(rank))
+        self.W_M = nn.Parameter(torch.randn(self.b, rank) / math.sqrt(rank))
+        self.W_R = nn.Parameter(torch.zeros(rank * rank, num_layers * hidden))
+        self.dropout = nn.Dropout(dropout)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        left = self.W_L[ids // self.b]  # (N, r)
+        right = self.W_M[ids % self.b]  # (N, r)
+        kron = (left[:, :, None] * right[:, None, :]).reshape(len(ids), self.rank * self.rank)  # (N, r²)
+        return self.dropout(kron) @ self.W_R  # (N, L*d)
+
+
+class FcReparam(Reparam):
+    """P = f(E W1 + b1) W2 + b2 over the backbone's own frozen word embeddings E."""
+
+    def __init__(
+        self, word_embeddings: nn.Embedding, num_layers: int, hidden: int, rank: int, activation: str, dropout: float
+    ) -> None:
+        super().__init__(word_embeddings.num_embeddings, num_layers, hidden)
+        # A tuple keeps E out of this module's parameters and state_dict: it is
+        # the backbone's frozen matrix, shared, never copied or saved twice.
+        self._embeddings = (word_embeddings,)
+        self.up = nn.Linear(word_embeddings.embedding_dim, rank)  # W1, b1
+        self.act = ACT2FN[activation]
+        self.dropout = nn.Dropout(dropout)
+        self.down = nn.Linear(rank, num_layers * hidden)  # W2, b2
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        emb = self._embeddings[0](ids)  # (N, d_emb)
+        return self.down(self.dropout(self.act(self.up(emb))))  # (N, L*d)
+
+
+class DenseReparam(Reparam):
+    """The table itself as a parameter: the reference the other reparams approximate."""
+
+    def __init__(self, vocab_size: int, num_layers: int, hidden: int) -> None:
+        super().__init__(vocab_size, num_layers, hidden)
+        self.P = nn.Parameter(torch.zeros(vocab_size, num_layers * hidden))
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.P[ids]

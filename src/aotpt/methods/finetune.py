@@ -1,0 +1,21 @@
+"""Full fine-tuning: every backbone weight trains (the upper baseline)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+from transformers import PreTrainedModel
+
+from aotpt.methods.base import MethodConfig
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    name: ClassVar[str] = "finetune"
+    identity_at_init: ClassVar[bool] = True
+
+
+def attach(backbone: PreTrainedModel, cfg: FinetuneConfig) -> dict[str, nn.Parameter]:
+    return dict(backbone.named_parameters())

@@ -1,0 +1,80 @@
+"""`results.json`: what a run computed, rebuildable into reports without W&B.
+
+Written after every dev evaluation and once more when the run ends (also on
+failure), always atomically: a kill mid-write leaves the previous file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+class ResultsWriter(L.Callback):
+    """Keeps per-epoch dev metrics and the best epoch; its state rides in checkpoints so a resumed run loses nothing."""
+
+    def __init__(self, path: Path, config: dict) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.epochs: list[dict] = []
+        self.summary: dict = {}
+        self.status = "running"
+        self._start = time.monotonic()
+        self._elapsed_before = 0.0  # wall time of earlier (killed) attempts of this run
+
+    def wall_time(self) -> float:
+        return self._elapsed_before + time.monotonic() - self._start
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.summary = pl_module.summary()
+        self.write()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the module logged its epoch metrics, before ModelCheckpoint (Lightning runs it last) saves this state
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics}
+        self.epochs = [e for e in self.epochs if e["epoch"] != row["epoch"]] + [row]
+        self.write()
+
+    def best(self) -> dict:
+        scored = [e for e in self.epochs if "val/score" in e]
+        return max(scored, key=lambda e: e["val/score"]) if scored else {}
+
+    def write(self) -> None:
+        best = self.best()
+        write_json_atomic(
+            self.path,
+            {
+                "status": self.status,
+                "config": self.config,
+                **self.summary,
+                "epochs": self.epochs,
+                "best": {"epoch": best.get("epoch"), **{k: v for k, v in best.items() if k.startswith("val/")}},
+                "wall_time_s": round(self.wall_time(), 2),
+            },
+        )
+
+    def state_dict(self) -> dict:
+        return {"epochs": self.epochs, "wall_time_s": self.wall_time()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epochs = state["epochs"]
+        self._elapsed_before = state["wall_time_s"]
+        self._start = time.monotonic()
