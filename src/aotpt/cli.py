@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,16 +30,6 @@ def check_overrides(argv: list[str]) -> None:
         options = group_options(key)
         if value not in options:
             raise AotptError(f"unknown {key}={value!r}; accepted: {', '.join(options)} (files in {CONF_DIR / key})")
-
-
-def default_wandb_mode() -> None:
-    """Log to W&B offline unless an API key is configured (sync later with `wandb sync`)."""
-    if "WANDB_MODE" in os.environ:
-        return
-    netrc = Path.home() / ".netrc"
-    has_key = os.environ.get("WANDB_API_KEY") or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
-    if not has_key:
-        os.environ["WANDB_MODE"] = "offline"
 
 
 def one_line_errors(fn: Callable) -> Callable:

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from aotpt.errors import ConfigError
+from aotpt.errors import AotptError, ConfigError
 from aotpt.model import TaskModel, build_model, describe
 from aotpt.tasks import TaskSpec, get_task
 from aotpt.tasks.metrics import compute_metrics
@@ -66,8 +66,19 @@ class TaskModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(self(batch), batch["labels"])
+        if not torch.isfinite(loss):  # one host sync per step: cheap next to a forward/backward
+            self._stop_on_bad_loss(loss)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
+
+    def _stop_on_bad_loss(self, loss: torch.Tensor) -> None:
+        """Stop before the bad gradient reaches the weights; the last checkpoint stays the last good one."""
+        ckpt = self.trainer.checkpoint_callback
+        last = (ckpt.last_model_path if ckpt else "") or "none saved yet"
+        raise AotptError(
+            f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
+            f"before the update; last good checkpoint: {last}; try a lower optim.lr or trainer.precision=32-true"
+        )
 
     # ---- evaluation -------------------------------------------------------
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:

@@ -34,6 +34,7 @@ class ResultsWriter(L.Callback):
         self.epochs: list[dict] = []
         self.summary: dict = {}
         self.status = "running"
+        self.error: str | None = None
         self._start = time.monotonic()
         self._elapsed_before = 0.0  # wall time of earlier (killed) attempts of this run
 
@@ -63,6 +64,7 @@ class ResultsWriter(L.Callback):
             self.path,
             {
                 "status": self.status,
+                "error": self.error,
                 "config": self.config,
                 **self.summary,
                 "epochs": self.epochs,

@@ -17,28 +17,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from aotpt.backbones import load_tokenizer, tokenizer_fingerprint
-from aotpt.cli import CONF_DIR, default_wandb_mode, entry, log, one_line_errors
+from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.data.datamodule import TaskDataModule
 from aotpt.errors import ConfigError
+from aotpt.loggers import build_loggers
 from aotpt.model import save_trained
 from aotpt.module import TaskModule
 from aotpt.results import ResultsWriter
+from aotpt.resume import AtomicCheckpointIO, EpochSeed, resume_path
 from aotpt.tasks import get_task
-
-
-def _resume_path(cfg: DictConfig, output_dir: Path) -> str | None:
-    """`ckpt_path=last` or, when unset, this run folder's last.ckpt if a killed run left one."""
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if cfg.ckpt_path in (None, "last"):
-        if last.exists():
-            log.info("resuming from %s", last)
-            return str(last)
-        if cfg.ckpt_path == "last":
-            raise ConfigError(f"ckpt_path=last but {last} does not exist")
-        return None
-    if not Path(cfg.ckpt_path).exists():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path} does not exist")
-    return cfg.ckpt_path
 
 
 def _build(cfg: DictConfig, output_dir: Path):
@@ -54,6 +41,7 @@ def _build(cfg: DictConfig, output_dir: Path):
         num_workers=cfg.data.num_workers,
         cache_dir=cfg.paths.cache_dir,
         limit_examples=cfg.data.limit_examples,
+        seed=cfg.seed,
     )
     module = TaskModule(
         model=OmegaConf.to_container(cfg.model, resolve=True),
@@ -112,18 +100,20 @@ def run(cfg: DictConfig) -> dict:
     """Fit on the task's train split, evaluate every epoch, keep the best dev epoch."""
     L.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
-    default_wandb_mode()
+    ckpt_path = resume_path(cfg.ckpt_path, output_dir)
     tokenizer, datamodule, module = _build(cfg, output_dir)
 
     results = ResultsWriter(output_dir / "results.json", OmegaConf.to_container(cfg, resolve=True))
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + [results]
-    loggers = [instantiate(lg) for lg in (cfg.logger or {}).values() if lg]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + [results, EpochSeed(cfg.seed)]
+    loggers = build_loggers(cfg.logger)
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=_resume_path(cfg, output_dir))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         results.status = "interrupted" if trainer.interrupted else "completed"
-    except BaseException:
-        results.status = "failed"
+    except BaseException as err:
+        results.status, results.error = "failed", f"{type(err).__name__}: {err}"
         raise
     finally:
         results.write()

@@ -23,6 +23,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from aotpt.backbones import tokenizer_fingerprint
 from aotpt.data.readers import read_hub, read_local
 from aotpt.errors import ConfigError
+from aotpt.resume import EpochShuffleSampler
 from aotpt.tasks import Example, get_task
 
 
@@ -45,6 +46,7 @@ class TaskDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
         limit_examples: int | None = None,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -65,6 +67,7 @@ class TaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.limit_examples = limit_examples
+        self.seed = seed  # the train order of epoch e is a function of (seed, e): see resume.EpochShuffleSampler
         self.collator = DataCollatorWithPadding(tokenizer)
         self.datasets: dict[str, Dataset] = {}
 
@@ -138,10 +141,11 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
         return DataLoader(
-            self.dataset(split),
+            dataset,
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
+            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collator,
