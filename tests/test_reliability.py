@@ -151,7 +151,7 @@ def test_wandb_logger_that_fails_to_start_is_recreated_offline(monkeypatch, tmp_
 
 def _fail_then_offline():
     def init(*args, **kwargs):
-        if os.environ.get("WANDB_MODE") != "offline":
+        if kwargs.get("mode") != "offline":
             raise ConnectionError("wandb.init timed out")
         return "offline-run"
 

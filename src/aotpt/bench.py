@@ -1,10 +1,10 @@
 """Benchmarks that print measured ratios: `python -m aotpt.bench [suite=train_step] [model=minilm]`.
 
-train_step: one optimiser step (forward, backward, AdamW) of each method on
-random token ids, batch x length as configured; reports the median step time
-of each method and its ratio to full fine-tuning, measured in the same process
-with the same inputs. Warm-up steps run first; CUDA work is synchronised
-around every timed step.
+train_step: optimiser steps (forward, backward, AdamW) of each method on the
+same random token ids, batch x length as configured, taken in turn (one step
+of each method per round) in one process; reports each method's median step
+time and its ratio to full fine-tuning. Warm-up rounds run first; CUDA work
+is synchronised around every timed step.
 """
 
 from __future__ import annotations
@@ -30,39 +30,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_train_steps(model, ids, mask, labels, warmup: int, steps: int) -> list[float]:
-    """Seconds per optimiser step, `steps` of them after `warmup` untimed ones."""
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    times = []
-    for i in range(warmup + steps):
-        _sync(ids.device)
-        start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(ids, mask), labels).backward()
-        optimizer.step()
-        _sync(ids.device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+def _step(model, optimizer, ids, mask, labels) -> float:
+    """Seconds for one optimiser step (forward, backward, AdamW)."""
+    _sync(ids.device)
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(ids, mask), labels).backward()
+    optimizer.step()
+    _sync(ids.device)
+    return time.perf_counter() - start
 
 
 def train_step(cfg: DictConfig) -> dict:
+    """Round-robin over the methods, one step each per round, so machine noise hits all alike."""
     device = torch.device(cfg.device)
     g = torch.Generator().manual_seed(0)
-    vocab_high = 30000  # every benchmarked backbone has a larger vocabulary
-    ids = torch.randint(1000, vocab_high, (cfg.batch_size, cfg.seq_len), generator=g).to(device)
+    ids = torch.randint(1000, 30000, (cfg.batch_size, cfg.seq_len), generator=g).to(device)  # inside every vocab
     mask = torch.ones_like(ids)
     labels = torch.randint(0, 2, (cfg.batch_size,), generator=g).to(device)
-    rows = {}
+    models, optimizers = {}, {}
     for name, method in cfg.methods.items():
         torch.manual_seed(0)
-        model = build_model(cfg.model.pretrained, instantiate_method(method), 2, cfg.model.random_init).to(device)
-        times = time_train_steps(model, ids, mask, labels, cfg.warmup, cfg.steps)
+        models[name] = build_model(cfg.model.pretrained, instantiate_method(method), 2, cfg.model.random_init)
+        models[name].to(device).train()
+        optimizers[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-4)
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for round_ in range(cfg.warmup + cfg.steps):
+        for name, model in models.items():
+            seconds = _step(model, optimizers[name], ids, mask, labels)
+            if round_ >= cfg.warmup:
+                times[name].append(seconds)
+        log.info("round %d/%d done", round_ + 1, cfg.warmup + cfg.steps)
+    rows = {}
+    for name, model in models.items():
         trainable, total = count_params(model)
-        rows[name] = {"median_step_s": statistics.median(times), "trainable_params": trainable, "total_params": total}
-        log.info("%s: median %.3f s/step over %d steps", name, rows[name]["median_step_s"], cfg.steps)
-        del model
+        rows[name] = {
+            "median_step_s": statistics.median(times[name]),
+            "trainable_params": trainable,
+            "total_params": total,
+        }
     base = rows[cfg.baseline]["median_step_s"]
     for row in rows.values():
         row[f"ratio_to_{cfg.baseline}"] = row["median_step_s"] / base
@@ -71,6 +77,7 @@ def train_step(cfg: DictConfig) -> dict:
         "device": str(device),
         "batch_size": cfg.batch_size,
         "seq_len": cfg.seq_len,
+        "steps": cfg.steps,
         "torch_threads": torch.get_num_threads(),
         "model": cfg.model.name,
         "methods": rows,

@@ -39,7 +39,7 @@ def wandb_reachable(timeout_s: float = 3.0) -> bool:
 
 def choose_wandb_mode() -> str:
     """Set and return WANDB_MODE: the user's choice, else online only with a key and a route."""
-    mode = os.environ.get("WANDB_MODE")
+    mode = os.environ.get("WANDB_MODE") or None  # an empty value means unset
     if mode in (None, "online", "run"):
         if not _has_wandb_key():
             mode = "offline"
@@ -60,12 +60,14 @@ def build_loggers(cfg: DictConfig | None) -> list[Logger]:
             continue
         logger = instantiate(conf)
         if isinstance(logger, WandbLogger):
-            choose_wandb_mode()
+            # the mode goes to wandb.init explicitly: wandb reads its environment only once per process
+            logger = instantiate(conf, mode=choose_wandb_mode())
             try:
                 logger.experiment  # noqa: B018 - starts the W&B run now, not mid-training
             except Exception as err:  # wandb raises many types (CommError, UsageError, timeouts)
-                log.warning("W&B logger %r failed to start (%s): logging offline instead", name, err)
+                message = str(err).splitlines()[0]
+                log.warning("W&B logger %r failed to start (%s): logging offline instead", name, message)
                 os.environ["WANDB_MODE"] = "offline"
-                logger = instantiate(conf)
+                logger = instantiate(conf, mode="offline")
         loggers.append(logger)
     return loggers

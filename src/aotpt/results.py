@@ -73,6 +73,16 @@ class ResultsWriter(L.Callback):
             },
         )
 
+    def table(self) -> str:
+        """Per-epoch dev metrics as a fixed-width table, best epoch marked."""
+        keys = sorted({k for e in self.epochs for k in e if k.startswith("val/") and k != "val/score_best"})
+        best = self.best().get("epoch")
+        lines = ["epoch  " + "".join(f"{k[4:]:>14}" for k in keys)]
+        for e in self.epochs:
+            mark = "*" if e["epoch"] == best else " "
+            lines.append(f"{e['epoch']:>4}{mark}  " + "".join(f"{e.get(k, float('nan')):>14.4f}" for k in keys))
+        return "\n".join(lines)
+
     def state_dict(self) -> dict:
         return {"epochs": self.epochs, "wall_time_s": self.wall_time()}
 

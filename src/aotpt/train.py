@@ -120,6 +120,7 @@ def run(cfg: DictConfig) -> dict:
         _finish_wandb()
     if trainer.is_global_zero and results.status == "completed" and not trainer.fast_dev_run:
         _save_best(trainer, module, tokenizer, cfg, output_dir)
+        log.info("dev metrics per epoch (* = best):\n%s\nrun folder: %s", results.table(), output_dir)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     return {"metrics": metrics, "best": results.best(), "output_dir": str(output_dir), "status": results.status}
 
