@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -81,12 +82,26 @@ def _hub_error(what: str, name: str, err: Exception) -> AotptError:
     )
 
 
+def _check_hub(path: str) -> None:
+    """One quick metadata request before a hub download.
+
+    Downloads retry for over a minute on a dead network; this request fails at
+    once. Skipped for local folders and with HF_HUB_OFFLINE=1 (cache only).
+    """
+    import huggingface_hub
+
+    if Path(path).is_dir() or huggingface_hub.constants.HF_HUB_OFFLINE:
+        return
+    huggingface_hub.HfApi().model_info(path, timeout=10)
+
+
 def load_tokenizer(pretrained: str) -> PreTrainedTokenizerBase:
     """The tokenizer of `pretrained` (hub id or local folder)."""
     path = resolve_pretrained(pretrained)
     try:
+        _check_hub(path)
         return AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # network, offline cache miss, bad folder: all end in the same advice
         raise _hub_error("tokenizer", pretrained, err) from err
 
 
@@ -100,6 +115,7 @@ def load_backbone(pretrained: str, random_init: dict | None = None) -> PreTraine
     """
     path = resolve_pretrained(pretrained)
     try:
+        _check_hub(path)
         if random_init is None:
             model = AutoModel.from_pretrained(path)
         else:
@@ -111,7 +127,7 @@ def load_backbone(pretrained: str, random_init: dict | None = None) -> PreTraine
                 else AutoConfig.from_pretrained(path, **overrides)
             )
             model = AutoModel.from_config(config)
-    except (OSError, ValueError) as err:
+    except Exception as err:  # network, offline cache miss, bad folder: all end in the same advice
         raise _hub_error("weights", pretrained, err) from err
     layout(model)  # fail early on an unsupported family
     return model
