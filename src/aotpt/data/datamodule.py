@@ -165,7 +165,8 @@ class TaskDataModule(L.LightningDataModule):
             desc=f"tokenising {self.spec.name}/{split}",
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """Batches of any of the task's splits (eval batch size unless shuffled for training)."""
         return DataLoader(
             self.dataset(split),
             batch_size=self.batch_size if shuffle else self.eval_batch_size,
@@ -176,12 +177,12 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per `spec.eval_splits`, in that order (MNLI: matched, mismatched)."""
-        return [self._loader(split, shuffle=False) for split in self.spec.eval_splits]
+        return [self.loader(split, shuffle=False) for split in self.spec.eval_splits]
 
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per `spec.test_splits`, in that order; batches have no labels."""
-        return [self._loader(split, shuffle=False) for split in self.spec.test_splits]
+        return [self.loader(split, shuffle=False) for split in self.spec.test_splits]
