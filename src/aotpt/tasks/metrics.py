@@ -77,11 +77,14 @@ def _correlation(fn: Callable) -> Callable[[Rows], float]:
 
 
 def group_argmax(group: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-    """Position of the top-scoring row of each group, groups in sorted id order (ties: the first row)."""
+    """Position of the top-scoring row of each group, groups in sorted id order (ties: the earlier row)."""
     _, inverse = group.unique(sorted=True, return_inverse=True)
     order = torch.argsort(score, descending=True, stable=True)  # best rows first
-    first = torch.full((int(inverse.max()) + 1,), len(group), dtype=torch.long)
-    return first.scatter_reduce(0, inverse[order], order, "amin", include_self=False)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    best = torch.full((int(inverse.max()) + 1,), len(order), dtype=torch.long)
+    best = best.scatter_reduce(0, inverse, rank, "amin", include_self=False)  # (groups,) best rank
+    return order[best]
 
 
 def _chosen(r: Rows) -> torch.Tensor:
@@ -114,8 +117,9 @@ def _gender_parity(r: Rows) -> float:
     _, inverse, counts = r.group.unique(sorted=True, return_inverse=True, return_counts=True)
     if (counts != 2).any():
         raise ValueError(f"gender parity needs pairs; group sizes {sorted(set(counts.tolist()))}")
-    first = torch.full((len(counts),), -1, dtype=torch.long).scatter_reduce(0, inverse, r.preds, "amin")
-    last = torch.full((len(counts),), -1, dtype=torch.long).scatter_reduce(0, inverse, r.preds, "amax")
+    pairs = torch.zeros(len(counts), dtype=torch.long)
+    first = pairs.scatter_reduce(0, inverse, r.preds, "amin", include_self=False)
+    last = pairs.scatter_reduce(0, inverse, r.preds, "amax", include_self=False)
     return (first == last).float().mean().item()
 
 
