@@ -8,6 +8,7 @@ from aotpt.errors import ConfigError
 from aotpt.tasks import TASKS, TaskSpec, TextFields, _registry, get_task
 
 SCOPE = {"cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte", "wnli", "boolq", "cb", "sg_rte", "wic"}
+SCOPE |= {"copa", "multirc", "record", "wsc", "ax", "axb", "axg"}
 
 
 def test_registry_holds_the_tasks_in_scope():
@@ -60,3 +61,18 @@ def test_wic_puts_the_word_before_sentence1():
     row = {"idx": 3, "word": "bank", "sentence1": "A river bank.", "sentence2": "A bank loan.", "label": 1}
     example = get_task("wic").build(row)
     assert example == {"idx": 3, "text_a": "bank: A river bank.", "text_b": "A bank loan.", "label": 1}
+
+
+def test_diagnostics_use_the_label_space_of_their_model_task():
+    for name, model_task in (("ax", "mnli"), ("axb", "sg_rte"), ("axg", "sg_rte")):
+        spec = get_task(name)
+        assert spec.model_task == model_task and not spec.trainable and not spec.in_score
+        assert spec.label_names == get_task(model_task).label_names
+        assert "train" not in spec.splits
+
+
+def test_every_test_split_has_a_leaderboard_file():
+    names = [name for spec in TASKS.values() for name in spec.submit_files]
+    assert len(names) == len(set(names)) == sum(len(spec.test_splits) for spec in TASKS.values())
+    assert {n for n in names if n.endswith(".tsv")} >= {"CoLA.tsv", "MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"}
+    assert {n for n in names if n.endswith(".jsonl")} >= {"ReCoRD.jsonl", "AX-b.jsonl", "AX-g.jsonl"}

@@ -55,7 +55,9 @@ class TaskModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trained tensors
         self.best_score = float("-inf")
         self.best_epoch = -1
-        self._eval_outputs: dict[int, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        # loader -> field -> per-batch tensors; a module-level factory, not a lambda, so that
+        # ddp_spawn can pickle the module
+        self._eval_outputs: dict[int, dict[str, list[torch.Tensor]]] = defaultdict(_field_lists)
 
     # ---- forward and loss -------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -161,6 +163,10 @@ class TaskModule(L.LightningModule):
 
     def summary(self) -> dict:
         return describe(self.net)
+
+
+def _field_lists() -> defaultdict[str, list[torch.Tensor]]:
+    return defaultdict(list)
 
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
