@@ -1,9 +1,10 @@
 """Read a task's split into `Example` dicts, from local files or from the hub.
 
 Both readers normalise a source row to the hub's schema (field names, `idx`,
-label id) and hand it to `spec.build`, so the two paths give the same
-examples. Local layout: data_dir/glue/<Folder>/*.tsv and
-data_dir/superglue/<Folder>/*.jsonl, as the official archives unpack.
+label id; nested local objects flattened by `spec.flatten`) and hand it to
+`spec.build`, so the two paths give the same model rows. Local layout:
+data_dir/glue/<Folder>/*.tsv and data_dir/superglue/<Folder>/*.jsonl, as the
+official archives unpack (diagnostics: `spec.files`).
 
 GLUE TSVs are read like the GLUE loaders read them: tab-split with no quote
 handling (fields may start with `"`), UTF-8 with an optional BOM (MRPC), CR
