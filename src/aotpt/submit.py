@@ -133,8 +133,9 @@ def submit_task(run: Run, task: str, cfg: DictConfig, out_dir: Path) -> dict:
     for split, name in zip(spec.test_splits, spec.submit_files, strict=True):
         rows = predict(module, datamodule, split)
         path = out_dir / spec.benchmark / name
-        write_file(path, spec, records(spec, datamodule.examples[split], rows))
-        log.info("%s: %s (%d rows) from %s", task, path, len(rows["idx"]), run.folder)
+        recs = records(spec, datamodule.examples[split], rows)
+        write_file(path, spec, recs)
+        log.info("%s: %s (%d records from %d rows) by %s", task, path, len(recs), len(rows["idx"]), run.folder)
     if spec.trainable:
         return {}
     rows = predict(module, datamodule, spec.eval_splits[0])
