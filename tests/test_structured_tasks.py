@@ -60,8 +60,10 @@ def test_wsc_marks_the_spans_at_their_word_index():
 def test_record_flatten_uses_inclusive_ends_and_unique_entities():
     obj = {
         "idx": 3,
-        "passage": {"text": "Ada met Bo. Ada left.", "entities": [{"start": 0, "end": 2}, {"start": 8, "end": 9}]}
-        | {"entities": [{"start": 0, "end": 2}, {"start": 8, "end": 9}, {"start": 12, "end": 14}]},
+        "passage": {
+            "text": "Ada met Bo. Ada left.",
+            "entities": [{"start": 0, "end": 2}, {"start": 8, "end": 9}, {"start": 12, "end": 14}],
+        },
         "qas": [{"query": "@placeholder left.", "answers": [{"start": 12, "end": 14, "text": "Ada"}], "idx": 7}],
     }
     (row,) = record_flatten(obj)
