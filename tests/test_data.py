@@ -31,6 +31,13 @@ REAL_ROWS = {  # row counts from shared/data/MANIFEST.md
     ("cb", "train"): 250, ("cb", "validation"): 56, ("cb", "test"): 250,
     ("sg_rte", "train"): 2490, ("sg_rte", "validation"): 277, ("sg_rte", "test"): 3000,
     ("wic", "train"): 5428, ("wic", "validation"): 638, ("wic", "test"): 1400,
+    # rows, not examples: COPA has two per question, MultiRC one per answer option (4,848 in 83 val passages)
+    ("copa", "train"): 800, ("copa", "validation"): 200, ("copa", "test"): 1000,
+    ("multirc", "train"): 27243, ("multirc", "validation"): 4848, ("multirc", "test"): 9693,
+    ("wsc", "train"): 554, ("wsc", "validation"): 104, ("wsc", "test"): 146,
+    ("ax", "validation"): 1104, ("ax", "test"): 1104,
+    ("axb", "validation"): 1104, ("axb", "test"): 1104,
+    ("axg", "validation"): 356, ("axg", "test"): 356,
 }  # fmt: skip
 ALL_SPLITS = [(name, split) for name, spec in TASKS.items() for split in spec.splits]
 

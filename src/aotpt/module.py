@@ -1,8 +1,10 @@
 """The LightningModule: wraps a `TaskModel` and adds loss, optimiser and dev metrics.
 
-Dev metrics are computed once per epoch from every example's prediction,
-gathered across processes and de-duplicated by example id, so they are exact
-under DDP (DistributedSampler pads ranks with repeated examples).
+Dev metrics are computed once per epoch from every row's prediction,
+gathered across processes and de-duplicated by the row's unique id, so they
+are exact under DDP (DistributedSampler pads ranks with repeated rows).
+Grouped tasks (COPA, MultiRC, ReCoRD, AX-g) also keep each row's group id
+and score, and their metrics group the gathered rows by question.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from omegaconf import OmegaConf
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
+from aotpt.data.datamodule import MODEL_INPUTS
 from aotpt.errors import AotptError, ConfigError
 from aotpt.model import TaskModel, build_model, describe
 from aotpt.tasks import TaskSpec, get_task
@@ -52,11 +55,13 @@ class TaskModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only the trained tensors
         self.best_score = float("-inf")
         self.best_epoch = -1
-        self._eval_outputs: dict[int, dict[str, list[torch.Tensor]]] = defaultdict(lambda: defaultdict(list))
+        # loader -> field -> per-batch tensors; a module-level factory, not a lambda, so that
+        # ddp_spawn can pickle the module
+        self._eval_outputs: dict[int, dict[str, list[torch.Tensor]]] = defaultdict(_field_lists)
 
     # ---- forward and loss -------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "idx")}
+        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
         return self.net(**inputs)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -84,18 +89,31 @@ class TaskModule(L.LightningModule):
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.squeeze(-1).float() if self.spec.is_regression else logits.argmax(-1)
 
+    def eval_rows(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the metrics need of each row: id, prediction, and for grouped tasks group and score.
+
+        The score of a row is the log-probability of "right" (label 1): comparing
+        it within a group is the argmax of the softmax over the group's choices.
+        """
+        rows = {"idx": batch["idx"], "preds": self.predictions(logits)}
+        for key in ("labels", "group", "answer_f1"):
+            if key in batch:
+                rows[key] = batch[key]
+        if self.spec.grouping == "choice":
+            rows["score"] = logits.float().log_softmax(-1)[:, 1]
+        return rows
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         logits = self(batch)
         split = self.spec.eval_splits[dataloader_idx]
         key = "val/loss" if len(self.spec.eval_splits) == 1 else f"val/{split}/loss"
         self.log(key, self._loss(logits, batch["labels"]), batch_size=len(batch["idx"]), add_dataloader_idx=False)
         out = self._eval_outputs[dataloader_idx]
-        out["idx"].append(batch["idx"])
-        out["preds"].append(self.predictions(logits))
-        out["labels"].append(batch["labels"])
+        for key, value in self.eval_rows(batch, logits).items():
+            out[key].append(value)
 
     def _gathered(self, out: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """All processes' predictions, one per example id, in id order."""
+        """All processes' rows, one per row id, in id order (the sampler's padding repeats rows)."""
         cat = {k: torch.cat(v) for k, v in out.items()}
         if self.trainer.world_size > 1:
             cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
@@ -109,7 +127,7 @@ class TaskModule(L.LightningModule):
             if loader not in self._eval_outputs:
                 continue  # a limited run may skip a loader
             got = self._gathered(self._eval_outputs[loader])
-            values = compute_metrics(self.spec, got["preds"].cpu(), got["labels"].cpu())
+            values = compute_metrics(self.spec, **{k: v.cpu() for k, v in got.items() if k != "idx"})
             prefix = "val" if len(self.spec.eval_splits) == 1 else f"val/{split}"
             metrics.update({f"{prefix}/{k}": v for k, v in values.items() if k != "score"})
             split_scores.append(values["score"])
@@ -156,6 +174,10 @@ class TaskModule(L.LightningModule):
 
     def summary(self) -> dict:
         return describe(self.net)
+
+
+def _field_lists() -> defaultdict[str, list[torch.Tensor]]:
+    return defaultdict(list)
 
 
 def _first_occurrence(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

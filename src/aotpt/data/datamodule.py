@@ -5,8 +5,15 @@ Batch format (dict of tensors):
     token_type_ids              (B, n) long, only if the tokenizer makes them (BERT yes, RoBERTa no)
     labels                      (B,) long class ids, or float for regression; absent on test splits
                                 (the files have no labels there, and a sentinel like -1 could leak into a loss)
-    idx                         (B,) long, the example's hub/official index, for gathering
-                                predictions across DDP ranks and for submission files
+    idx                         (B,) long, the row's unique id in its split (the official index for
+                                one-row tasks), for gathering predictions across DDP ranks and for
+                                submission files
+    group                       (B,) long, grouped tasks only: the question/query/pair of the row
+    answer_f1                   (B,) float, ReCoRD eval splits only: the candidate's token F1
+
+Only `MODEL_INPUTS` reach the model; the rest is bookkeeping for metrics.
+Each split's `Example`s (with their `meta`: official ids, answer texts) stay
+in `examples[split]` for submission files.
 """
 
 from __future__ import annotations
@@ -26,13 +33,26 @@ from aotpt.errors import ConfigError
 from aotpt.resume import EpochShuffleSampler
 from aotpt.tasks import Example, get_task
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def limit_rows(examples: list[Example], limit: int | None) -> list[Example]:
+    """The first `limit` rows, extended to the end of the last row's group so no question is cut."""
+    if not limit or limit >= len(examples):
+        return examples
+    end = limit
+    group = examples[end - 1].get("group")
+    while group is not None and end < len(examples) and examples[end].get("group") == group:
+        end += 1
+    return examples[:end]
+
 
 class TaskDataModule(L.LightningDataModule):
     """Loaders for one task's train split, its eval splits (`spec.eval_splits`) and test splits.
 
     data_dir: folder with glue/ and superglue/ laid out as the official archives; None reads the hub.
     cache_dir: where tokenised splits are kept between runs; None tokenises in memory every time.
-    limit_examples: debug cap on every split (its first N examples).
+    limit_examples: debug cap on every split (its first N rows, completed to whole questions).
     """
 
     def __init__(
@@ -70,6 +90,7 @@ class TaskDataModule(L.LightningDataModule):
         self.seed = seed  # the train order of epoch e is a function of (seed, e): see resume.EpochShuffleSampler
         self.collator = DataCollatorWithPadding(tokenizer)
         self.datasets: dict[str, Dataset] = {}
+        self.examples: dict[str, list[Example]] = {}
 
     def setup(self, stage: str | None = None) -> None:
         """Read and tokenise the splits the stage needs (all of them for stage None)."""
@@ -79,13 +100,19 @@ class TaskDataModule(L.LightningDataModule):
             "test": self.spec.test_splits,
             "predict": self.spec.test_splits,
         }.get(stage, self.spec.splits)
+        if "train" in splits and not self.spec.trainable:
+            raise ConfigError(
+                f"task={self.spec.name} has no training split: it is predicted by a model trained on "
+                f"task={self.spec.model_task} (python -m aotpt.submit runs=[<that run folder>])"
+            )
         for split in splits:
             self.dataset(split)
 
     def dataset(self, split: str) -> Dataset:
         """The tokenised `split`, built on first use."""
         if split not in self.datasets:
-            self.datasets[split] = self._tokenise(split, self._read(split))
+            self.examples[split] = self._read(split)
+            self.datasets[split] = self._tokenise(split, self.examples[split])
         return self.datasets[split]
 
     def _read(self, split: str) -> list[Example]:
@@ -93,7 +120,7 @@ class TaskDataModule(L.LightningDataModule):
             examples = read_hub(self.spec, split)
         else:
             examples = read_local(self.spec, self.data_dir, split)
-        return examples[: self.limit_examples] if self.limit_examples else examples
+        return limit_rows(examples, self.limit_examples)
 
     def cache_file(self, split: str, examples: list[Example]) -> Path | None:
         """Where the tokenised split is cached, or None without cache_dir.
@@ -129,7 +156,8 @@ class TaskDataModule(L.LightningDataModule):
                 out["labels"] = batch["label"]
             return dict(out)
 
-        return Dataset.from_list(examples).map(
+        rows = [{k: v for k, v in example.items() if k != "meta"} for example in examples]
+        return Dataset.from_list(rows).map(
             encode,
             batched=True,
             remove_columns=["text_a", "text_b", "label"],
@@ -140,7 +168,8 @@ class TaskDataModule(L.LightningDataModule):
             desc=f"tokenising {self.spec.name}/{split}",
         )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """Batches of any of the task's splits (eval batch size unless shuffled for training)."""
         dataset = self.dataset(split)
         return DataLoader(
             dataset,
@@ -152,12 +181,12 @@ class TaskDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self.loader("train", shuffle=True)
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per `spec.eval_splits`, in that order (MNLI: matched, mismatched)."""
-        return [self._loader(split, shuffle=False) for split in self.spec.eval_splits]
+        return [self.loader(split, shuffle=False) for split in self.spec.eval_splits]
 
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per `spec.test_splits`, in that order; batches have no labels."""
-        return [self._loader(split, shuffle=False) for split in self.spec.test_splits]
+        return [self.loader(split, shuffle=False) for split in self.spec.test_splits]

@@ -1,9 +1,10 @@
 """Read a task's split into `Example` dicts, from local files or from the hub.
 
 Both readers normalise a source row to the hub's schema (field names, `idx`,
-label id) and hand it to `spec.build`, so the two paths give the same
-examples. Local layout: data_dir/glue/<Folder>/*.tsv and
-data_dir/superglue/<Folder>/*.jsonl, as the official archives unpack.
+label id; nested local objects flattened by `spec.flatten`) and hand it to
+`spec.build`, so the two paths give the same model rows. Local layout:
+data_dir/glue/<Folder>/*.tsv and data_dir/superglue/<Folder>/*.jsonl, as the
+official archives unpack (diagnostics: `spec.files`).
 
 GLUE TSVs are read like the GLUE loaders read them: tab-split with no quote
 handling (fields may start with `"`), UTF-8 with an optional BOM (MRPC), CR
@@ -51,7 +52,8 @@ def _check_split(spec: TaskSpec, split: str) -> None:
 def local_path(spec: TaskSpec, data_dir: str | Path, split: str) -> Path:
     """The file holding `split` of `spec` under `data_dir`."""
     _check_split(spec, split)
-    return Path(data_dir) / spec.benchmark / spec.folder / FILES[spec.benchmark][split]
+    name = dict(spec.files).get(split) or FILES[spec.benchmark][split]
+    return Path(data_dir) / spec.benchmark / spec.folder / name
 
 
 def _tsv_rows(path: Path, headerless: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
@@ -109,13 +111,37 @@ def _hub_label(spec: TaskSpec, raw: Any, where: str) -> int | float:
     return raw
 
 
-def _example(spec: TaskSpec, row: dict[str, Any], where: str) -> Example:
-    """Run the task's builder, turning a missing field into a DataError that names it."""
+def _missing_field(spec: TaskSpec, row: dict[str, Any], where: str, err: KeyError) -> DataError:
+    present = ", ".join(str(k) for k in row)
+    return DataError(f"{where}: missing field {err.args[0]!r} for task {spec.name}; row has: {present}")
+
+
+def _examples(spec: TaskSpec, row: dict[str, Any], where: str, out: list[Example]) -> None:
+    """Run the task's builder on one hub row and append its model rows to `out`.
+
+    Rows of grouped tasks that several rows share (COPA, MultiRC, ReCoRD) are
+    numbered by their position in the split, which makes `idx` unique.
+    """
     try:
-        return spec.build(row)
+        rows = spec.rows(row)
     except KeyError as err:
-        present = ", ".join(str(k) for k in row)
-        raise DataError(f"{where}: missing field {err.args[0]!r} for task {spec.name}; row has: {present}") from None
+        raise _missing_field(spec, row, where, err) from None
+    except DataError as err:
+        raise DataError(f"{where}: {err}") from None
+    for example in rows:
+        if spec.grouping in ("choice", "question"):
+            example["idx"] = len(out)
+        out.append(example)
+
+
+def _source_rows(spec: TaskSpec, obj: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """The hub rows of one local object (several for MultiRC passages and ReCoRD queries)."""
+    if spec.flatten is None:
+        return [obj]
+    try:
+        return list(spec.flatten(obj))
+    except KeyError as err:
+        raise _missing_field(spec, obj, where, err) from None
 
 
 def _local_idx(value: Any, where: str) -> int:
@@ -139,18 +165,20 @@ def read_local(spec: TaskSpec, data_dir: str | Path, split: str) -> list[Example
     else:
         rows = _jsonl_rows(path)
     rename = dict(spec.local_rename)
-    examples = []
+    examples: list[Example] = []
     for row_no, (line_no, raw) in enumerate(rows):
         where = f"{path}:{line_no}"
-        row = {rename.get(key, key): value for key, value in raw.items()}
-        row["idx"] = _local_idx(row.get("idx", row_no), where)
-        if labelled:
-            if "label" not in row:
-                raise DataError(f"{where}: missing field 'label' for task {spec.name} split {split}")
-            row["label"] = _local_label(spec, row["label"], where)
-        else:
-            row["label"] = None
-        examples.append(_example(spec, row, where))
+        for source in _source_rows(spec, {rename.get(key, key): value for key, value in raw.items()}, where):
+            row = dict(source)
+            idx = row.get("idx", row_no)
+            row["idx"] = idx if isinstance(idx, dict) else _local_idx(idx, where)  # MultiRC/ReCoRD: id dicts
+            if not labelled:
+                row["label"] = None
+            elif spec.has_label_field:
+                if row.get("label") is None:
+                    raise DataError(f"{where}: missing field 'label' for task {spec.name} split {split}")
+                row["label"] = _local_label(spec, row["label"], where)
+            _examples(spec, row, where, examples)
     if not examples:
         raise DataError(f"{path}: no examples (task {spec.name}, split {split})")
     return examples
@@ -176,12 +204,13 @@ def read_hub(spec: TaskSpec, split: str) -> list[Example]:
 
     _check_split(spec, split)
     repo, config = spec.hub
-    name = f"{repo} ({config}, split {split})"
+    hub_split = dict(spec.hub_splits).get(split, split)
+    name = f"{repo} ({config}, split {hub_split})"
     offline = _hub_offline()
     try:
         if not offline:
             huggingface_hub.HfApi().dataset_info(repo, timeout=10)
-        table = datasets.load_dataset(repo, config, split=split)
+        table = datasets.load_dataset(repo, config, split=hub_split)
     except Exception as err:  # network, offline mode, missing cache: all end in the same advice
         reason = (str(err).splitlines() or [""])[0][:120]
         cache = (
@@ -194,13 +223,16 @@ def read_hub(spec: TaskSpec, split: str) -> list[Example]:
             f"{HUB_HINT}; {cache}"
         ) from err
     labelled = split not in spec.test_splits
-    examples = []
+    examples: list[Example] = []
     for row_no, row in enumerate(table):
         where = f"{name}:{row_no}"
         row = dict(row)
         row.setdefault("idx", row_no)
-        row["label"] = _hub_label(spec, row.get("label"), where) if labelled else None
-        examples.append(_example(spec, row, where))
+        if not labelled:
+            row["label"] = None
+        elif spec.has_label_field:
+            row["label"] = _hub_label(spec, row.get("label"), where)
+        _examples(spec, row, where, examples)
     if not examples:
         raise DataError(f"{name}: no examples")
     return examples

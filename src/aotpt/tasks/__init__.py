@@ -13,11 +13,11 @@ from aotpt.tasks.metrics import METRICS
 from aotpt.tasks.spec import Example, TaskSpec, TextFields
 from aotpt.tasks.superglue import SUPERGLUE_TASKS
 
-__all__ = ["TASKS", "Example", "TaskSpec", "TextFields", "get_task"]
+__all__ = ["TASKS", "Example", "TaskSpec", "TextFields", "benchmark_tasks", "diagnostics_of", "get_task"]
 
 
 def _registry(*specs: TaskSpec) -> dict[str, TaskSpec]:
-    """Build the registry, rejecting duplicate names and metrics that `compute_metrics` does not know."""
+    """Build the registry, rejecting duplicate names, unknown metrics and diagnostics of unknown tasks."""
     tasks: dict[str, TaskSpec] = {}
     for spec in specs:
         if spec.name in tasks:
@@ -26,6 +26,10 @@ def _registry(*specs: TaskSpec) -> dict[str, TaskSpec]:
         if unknown:
             raise ValueError(f"task {spec.name!r}: unknown metrics {sorted(unknown)}; accepted: {', '.join(METRICS)}")
         tasks[spec.name] = spec
+    for spec in tasks.values():
+        model = tasks.get(spec.model_task) if spec.model_task else spec
+        if model is None or model.label_names != spec.label_names:
+            raise ValueError(f"task {spec.name!r}: model_task {spec.model_task!r} is not a task with its labels")
     return tasks
 
 
@@ -37,3 +41,13 @@ def get_task(name: str) -> TaskSpec:
     if name not in TASKS:
         raise choices("task", name, TASKS)
     return TASKS[name]
+
+
+def benchmark_tasks(benchmark: str) -> list[str]:
+    """The tasks whose scores average into the benchmark score (diagnostics are reported beside it)."""
+    return [name for name, spec in TASKS.items() if spec.benchmark == benchmark and spec.in_score]
+
+
+def diagnostics_of(task: str) -> list[str]:
+    """The diagnostic tasks that a model trained on `task` predicts (mnli: ax; sg_rte: axb, axg)."""
+    return [name for name, spec in TASKS.items() if spec.model_task == task]

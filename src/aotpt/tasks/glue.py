@@ -5,6 +5,13 @@ MRPC's `Quality`/`#1 String`/`#2 String`, MNLI's `gold_label` and
 sentence1/sentence2 (premise/hypothesis on the hub), QQP's `is_duplicate`,
 STS-B's `score`. QQP's `id` column is the Quora pair id, not the hub's row
 index, so QQP keeps the row number as idx.
+
+AX (the diagnostic set) has no training split: an MNLI model predicts it.
+Its labelled copy `diagnostic-full.tsv` (no index column, CRLF, capitalised
+headers) is the evaluation split, `diagnostic.tsv` the leaderboard's test
+split; the rows are in the same order. Leaderboard files are named as the
+GLUE site expects (CoLA.tsv ... AX.tsv) with labels as in the local files
+(0/1, NLI label strings, STS-B floats).
 """
 
 from __future__ import annotations
@@ -13,10 +20,12 @@ from aotpt.tasks.spec import TaskSpec, TextFields
 
 _BINARY = ("0", "1")  # raw labels of CoLA, SST-2, MRPC, QQP and WNLI files
 _NLI2 = ("entailment", "not_entailment")
+_MNLI = ("entailment", "neutral", "contradiction")
 
 GLUE_TASKS = (
     TaskSpec(
         name="cola",
+        submit_files=("CoLA.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "cola"),
         folder="CoLA",
@@ -28,6 +37,7 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="sst2",
+        submit_files=("SST-2.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "sst2"),
         folder="SST-2",
@@ -38,6 +48,7 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="mrpc",
+        submit_files=("MRPC.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "mrpc"),
         folder="MRPC",
@@ -49,6 +60,7 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="stsb",
+        submit_files=("STS-B.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "stsb"),
         folder="STS-B",
@@ -59,6 +71,7 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="qqp",
+        submit_files=("QQP.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "qqp"),
         folder="QQP",
@@ -70,11 +83,12 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="mnli",
+        submit_files=("MNLI-m.tsv", "MNLI-mm.tsv"),
         benchmark="glue",
         hub=("nyu-mll/glue", "mnli"),
         folder="MNLI",
         build=TextFields("premise", "hypothesis"),
-        label_names=("entailment", "neutral", "contradiction"),
+        label_names=_MNLI,
         metrics=("acc",),
         eval_splits=("validation_matched", "validation_mismatched"),
         test_splits=("test_matched", "test_mismatched"),
@@ -87,6 +101,7 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="qnli",
+        submit_files=("QNLI.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "qnli"),
         folder="QNLI",
@@ -96,6 +111,7 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="rte",
+        submit_files=("RTE.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "rte"),
         folder="RTE",
@@ -105,6 +121,7 @@ GLUE_TASKS = (
     ),
     TaskSpec(
         name="wnli",
+        submit_files=("WNLI.tsv",),
         benchmark="glue",
         hub=("nyu-mll/glue", "wnli"),
         folder="WNLI",
@@ -113,5 +130,26 @@ GLUE_TASKS = (
         label_names=("not_entailment", "entailment"),
         local_labels=_BINARY,
         metrics=("acc",),
+    ),
+    TaskSpec(
+        name="ax",
+        submit_files=("AX.tsv",),
+        benchmark="glue",
+        hub=("nyu-mll/glue", "ax"),
+        folder="AX",
+        build=TextFields("premise", "hypothesis"),
+        label_names=_MNLI,
+        metrics=("mcc",),
+        model_task="mnli",
+        in_score=False,
+        files=(("validation", "diagnostic-full.tsv"), ("test", "diagnostic.tsv")),
+        local_rename=(
+            ("index", "idx"),
+            ("sentence1", "premise"),
+            ("sentence2", "hypothesis"),
+            ("Premise", "premise"),
+            ("Hypothesis", "hypothesis"),
+            ("Label", "label"),
+        ),
     ),
 )
