@@ -5,8 +5,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
-from aotpt.cli import check_overrides, group_options
+from aotpt.cli import CONF_DIR, check_overrides, group_options
 from aotpt.errors import AotptError, ConfigError
 from aotpt.methods import METHODS
 from aotpt.module import instantiate_method
@@ -19,26 +22,60 @@ def test_every_registered_method_and_task_has_a_config_file():
     assert set(group_options("task")) == set(TASKS)
 
 
-def _combinations():
-    for model, task, method in itertools.product(group_options("model"), group_options("task"), METHODS):
+def _combinations(models: list[str]):
+    for model, task, method in itertools.product(models, group_options("task"), METHODS):
         reparams = group_options("reparam") if method == "aot" else [None]
         for reparam in reparams:
             yield model, task, method, reparam
 
 
-def test_every_model_task_method_reparam_composes(tmp_path):
+def _compose_all(combinations) -> int:
     count = 0
-    for model, task, method, reparam in _combinations():
-        overrides = [f"model={model}", f"task={task}", f"method={method}"]
-        overrides += [f"reparam={reparam}"] if reparam else []
-        cfg = compose_train(overrides, tmp_path)
-        method_cfg = instantiate_method(cfg.method)
-        assert type(method_cfg).name == method
-        assert cfg.task.name == task and cfg.model.name == model
-        if reparam:
-            assert type(method_cfg.reparam).__name__.lower().startswith(reparam)
-        count += 1
-    assert count >= len(group_options("model")) * len(TASKS) * len(METHODS)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):  # once: composing is the cost
+        for model, task, method, reparam in combinations:
+            overrides = [f"model={model}", f"task={task}", f"method={method}"]
+            overrides += [f"reparam={reparam}"] if reparam else []
+            _check_composed(compose("train", overrides=overrides), model, task, method, reparam)
+            count += 1
+    GlobalHydra.instance().clear()
+    return count
+
+
+def _keys_set_by(group: str) -> set[str]:
+    """Top-level config keys the files of `group` write (a `_global_` file may write several)."""
+    keys = set()
+    for option in group_options(group):
+        text = (CONF_DIR / group / f"{option}.yaml").read_text()
+        data = yaml.safe_load(text) or {}
+        keys |= {k for k in data if k != "defaults"} if "@package _global_" in text else {group}
+    return keys
+
+
+def test_every_task_method_reparam_composes_and_models_are_independent():
+    """task x method x reparam for one model; every model once. Sound because the groups write disjoint keys."""
+    groups = ("model", "task", "method", "reparam")
+    written = {g: _keys_set_by(g) for g in groups}
+    for a, b in itertools.combinations(groups, 2):
+        if {a, b} != {"method", "reparam"}:  # reparam files write method.reparam, inside method
+            assert not written[a] & written[b], f"{a} and {b} both write {written[a] & written[b]}"
+    count = _compose_all(_combinations(["tiny_bert"]))
+    count += _compose_all((model, "rte", "aot", "kron") for model in group_options("model"))
+    assert count == len(list(_combinations(["tiny_bert"]))) + len(group_options("model"))
+
+
+@pytest.mark.slow
+def test_every_model_task_method_reparam_composes():
+    models = group_options("model")
+    assert _compose_all(_combinations(models)) >= len(models) * len(TASKS) * len(METHODS)
+
+
+def _check_composed(cfg, model: str, task: str, method: str, reparam: str | None) -> None:
+    method_cfg = instantiate_method(cfg.method)
+    assert type(method_cfg).name == method
+    assert cfg.task.name == task and cfg.model.name == model
+    if reparam:
+        assert type(method_cfg.reparam).__name__.lower().startswith(reparam)
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
