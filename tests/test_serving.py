@@ -6,8 +6,12 @@ import copy
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
+from aotpt import bench
 from aotpt.backbones import load_backbone, load_tokenizer
+from aotpt.cli import CONF_DIR
 from aotpt.errors import AotptError
 from aotpt.methods.aot.table import Artifact
 from aotpt.serving import MultiTaskPredictor
@@ -149,3 +153,26 @@ def test_bad_combinations_are_refused(three_tasks, tmp_path):
     dense = Artifact.load(export_seeded(make_run(tmp_path, "wnli", "dense")[0]))
     with pytest.raises(AotptError, match="holds no reparam weights .* serve it with mode=device or mode=host"):
         MultiTaskPredictor(copy.deepcopy(backbone), [dense], fingerprint, "onthefly")
+
+
+def test_bench_serving_suite_runs_on_a_tiny_backbone(tmp_path):
+    """`python -m aotpt.bench suite=serving` end to end, shrunk to a tiny backbone (the real run is in the README)."""
+    GlobalHydra.instance().clear()
+    tiny = {k: v for k, v in model_conf("tiny_bert")["random_init"].items() if k != "vocab_size"}
+    overrides = [f"serving.backbone.{k}={v}" for k, v in tiny.items()] + ["serving.backbone.vocab_size=500"]
+    overrides += [
+        "suite=serving",
+        "warmup=0",
+        "steps=2",
+        "serving.batch_size=2",
+        "serving.seq_len=8",
+        f"output_dir={tmp_path}",
+    ]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=overrides)
+    result = bench.run(cfg)
+    assert set(result["modes"]) == {"bare", "device", "host", "onthefly"}
+    table = 500 * 2 * 32 * 2  # |V| x L*d x fp16, per task
+    assert result["modes"]["device"]["device_table"] == result["modes"]["host"]["host_table"] == 2 * table
+    assert all(row["export_s"] > 0 and row["peak_bytes"] >= 0 for row in result["exports"].values())
+    assert (tmp_path / "bench_serving.json").is_file()

@@ -40,17 +40,17 @@ def _nbytes(tensors) -> int:
 
 
 def compile_tensors(model: nn.Module, dtype: torch.dtype, chunk_rows: int) -> dict[str, torch.Tensor]:
-    """The artifact's tensors from a trained AoT `TaskModel`: table, head and (when smaller) the reparam weights.
+    """The artifact's tensors from a trained AoT `TaskModel`: table, head and (mostly) the reparam weights.
 
     The reparam weights let `onthefly` serving recompute rows; they are kept
-    only when smaller than the table (always for kron and fc, never for dense,
-    whose weights are the table itself in fp32).
+    unless they are as large as the table in fp32 (kron and fc: kept; dense:
+    its weights are that fp32 table, so only the compiled table is kept).
     """
     source = model.backbone.aot.source
     table = source.table(chunk_rows=chunk_rows, dtype=dtype)  # (|V|, L*d)
     tensors = {"table": table, **{f"head.{k}": v for k, v in model.head.state_dict().items()}}
     reparam = source.state_dict()
-    if _nbytes(reparam.values()) < _nbytes([table]):
+    if _nbytes(reparam.values()) < table.numel() * 4:
         tensors.update({f"reparam.{k}": v for k, v in reparam.items()})
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
@@ -78,6 +78,11 @@ class Artifact:
         return self.meta["task"]
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the table: the word-embedding rows of the backbone it was compiled on."""
+        return self.meta["table_shape"][0]
+
+    @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.meta["dtype"]]
 
@@ -95,21 +100,18 @@ class Artifact:
 
     def check_backbone(self, backbone: PreTrainedModel, fingerprint: str, name: str) -> None:
         """Refuse a backbone or vocabulary other than the one the table was compiled for, naming both values."""
-        config = backbone.config
-        rows = backbone.get_submodule(layout(backbone).word_embeddings).num_embeddings
+        config, meta = backbone.config, self.meta
         have = {
-            "model_type": config.model_type,
-            "num_layers": config.num_hidden_layers,
-            "hidden_size": config.hidden_size,
-            "vocab_size": rows,
-            "tokenizer_fingerprint": fingerprint,
+            "model_type": (meta["model_type"], config.model_type),
+            "num_layers": (meta["num_layers"], config.num_hidden_layers),
+            "hidden_size": (meta["hidden_size"], config.hidden_size),
+            "vocab_size": (self.vocab_size, backbone.get_submodule(layout(backbone).word_embeddings).num_embeddings),
+            "tokenizer_fingerprint": (meta["tokenizer_fingerprint"], fingerprint),
         }
-        for key, value in have.items():
-            if self.meta[key] != value:
-                raise AotptError(
-                    f"{self.path}: compiled for {key}={self.meta[key]!r} ({self.meta['backbone']}), "
-                    f"but backbone {name} has {key}={value!r}"
-                )
+        for key, (want, got) in have.items():
+            if want != got:
+                where = f"{self.path}: compiled for {key}={want!r} ({meta['backbone']})"
+                raise AotptError(f"{where}, but backbone {name} has {key}={got!r}")
 
     def reparam(self, backbone: PreTrainedModel) -> nn.Module:
         """The task's reparameterisation, rebuilt on `backbone` (fc reads its word embeddings) with stored weights."""
@@ -123,7 +125,7 @@ class Artifact:
         word_embeddings = backbone.get_submodule(layout(backbone).word_embeddings)
         source = reparam_cfg.build(self.meta["num_layers"], self.meta["hidden_size"], word_embeddings)
         source.load_state_dict(weights)
-        return source.eval()
+        return source.to(backbone.device).eval()
 
 
 class _Stacked(nn.Module):
@@ -135,7 +137,7 @@ class _Stacked(nn.Module):
         dtypes = {a.meta["dtype"] for a in artifacts}
         if len(dtypes) > 1:
             raise AotptError(f"artifacts mix dtypes {sorted(dtypes)}; export them all with the same dtype=")
-        self.num_tasks, self.vocab_size = len(artifacts), first["vocab_size"]
+        self.num_tasks, self.vocab_size = len(artifacts), artifacts[0].vocab_size
         self.num_layers, self.hidden = first["num_layers"], first["hidden_size"]
         self.dtype = artifacts[0].dtype
 
