@@ -176,3 +176,6 @@ def test_bench_serving_suite_runs_on_a_tiny_backbone(tmp_path):
     assert result["modes"]["device"]["device_table"] == result["modes"]["host"]["host_table"] == 2 * table
     assert all(row["export_s"] > 0 and row["peak_bytes"] >= 0 for row in result["exports"].values())
     assert (tmp_path / "bench_serving.json").is_file()
+    assert {p.name for p in tmp_path.glob("bench_serving_*.json")} == {
+        f"bench_serving_{m}.json" for m in result["modes"]
+    }
