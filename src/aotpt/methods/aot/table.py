@@ -144,6 +144,13 @@ class _Stacked(nn.Module):
     def _empty_table(self, **where) -> torch.Tensor:
         return torch.empty(self.num_tasks * self.vocab_size, self.num_layers * self.hidden, dtype=self.dtype, **where)
 
+    def _stack(self, artifacts: list[Artifact], **where) -> torch.Tensor:
+        """The tasks' tables one after another: rows t·|V| .. (t+1)·|V| hold task t (T·|V|, L*d)."""
+        table = self._empty_table(**where)
+        for t, artifact in enumerate(artifacts):
+            artifact.copy_table_into(table[t * self.vocab_size : (t + 1) * self.vocab_size])
+        return table
+
     def held_bytes(self) -> dict[str, int]:
         """Bytes this source holds, by kind: table on the device, table in host memory, weights, cache."""
         raise NotImplementedError
@@ -154,9 +161,7 @@ class DeviceTable(_Stacked):
 
     def __init__(self, artifacts: list[Artifact], device: torch.device) -> None:
         super().__init__(artifacts)
-        self.register_buffer("table", self._empty_table(device=device), persistent=False)
-        for t, artifact in enumerate(artifacts):
-            artifact.copy_table_into(self.table[t * self.vocab_size : (t + 1) * self.vocab_size])
+        self.register_buffer("table", self._stack(artifacts, device=device), persistent=False)
 
     def rows(self, keys: torch.Tensor) -> torch.Tensor:
         return self.table[keys]  # (N, L*d)
@@ -173,9 +178,7 @@ class HostTable(_Stacked):
         super().__init__(artifacts)
         self.pinned = torch.cuda.is_available()
         # A plain attribute, not a buffer: moving the model to the GPU must leave it on the host.
-        self.table = self._empty_table(pin_memory=self.pinned)
-        for t, artifact in enumerate(artifacts):
-            artifact.copy_table_into(self.table[t * self.vocab_size : (t + 1) * self.vocab_size])
+        self.table = self._stack(artifacts, pin_memory=self.pinned)
 
     def rows(self, keys: torch.Tensor) -> torch.Tensor:
         staging = torch.empty(len(keys), self.table.shape[1], dtype=self.dtype, pin_memory=self.pinned)
@@ -192,6 +195,7 @@ class OnTheFlyRows(_Stacked):
     The cache is one preallocated (cache_rows, L*d) tensor plus a key -> slot
     map in least-recently-used order, so memory held is fixed and a hit is a
     gather. Rows are computed in fp32 and cast to the table dtype, as export does.
+    (functools.lru_cache caches whole calls; a batch needs a cache per row.)
     """
 
     def __init__(self, artifacts: list[Artifact], backbone: PreTrainedModel, cache_rows: int) -> None:
