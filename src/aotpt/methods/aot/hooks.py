@@ -12,10 +12,16 @@ Hooks keep the backbone's own code untouched, so any family in
    after any embedding projection), so every layer-1 branch sees it (also
    DeBERTa-v2's convolution beside layer 1);
 3. a pre-hook on each layer l >= 2 adds P_l[x] to that layer's input.
+
+Multi-task serving stacks T tables into one source of T·|V| rows; inside
+`with hooks.tasks(task_ids)` token x of batch row b reads row
+task_ids[b]·|V| + x, so one forward serves rows of different tasks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -69,7 +75,9 @@ class AotHooks(nn.Module):
             )
         self.source = source
         self._bias: torch.Tensor | None = None  # (B, n, L, d) of the forward in flight
+        self._task_ids: torch.Tensor | None = None  # (B,) inside `tasks(...)`, else None
         where = layout(backbone)
+        self.vocab_size = backbone.get_submodule(where.word_embeddings).num_embeddings
         self._handles = [
             backbone.get_submodule(where.embeddings).register_forward_pre_hook(self._read_ids, with_kwargs=True),
             backbone.get_submodule(where.encoder).register_forward_pre_hook(self._adder(0), with_kwargs=True),
@@ -84,7 +92,20 @@ class AotHooks(nn.Module):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if input_ids is None:
             raise ConfigError("method=aot needs input_ids: its bias is a function of the token ids, not inputs_embeds")
+        if self._task_ids is not None:
+            if self._task_ids.shape != input_ids.shape[:1]:
+                raise ConfigError(f"{tuple(self._task_ids.shape)} task ids for a batch of {tuple(input_ids.shape)} ids")
+            input_ids = self._task_ids[:, None] * self.vocab_size + input_ids  # (B, n) rows of the stacked source
         self._bias = gather_bias(self.source, input_ids)
+
+    @contextmanager
+    def tasks(self, task_ids: torch.Tensor) -> Iterator[None]:
+        """Forwards inside this block read row task_ids[b]·|V| + x of a stacked multi-task source (B,)."""
+        self._task_ids = task_ids
+        try:
+            yield
+        finally:
+            self._task_ids = None
 
     def _adder(self, index: int):
         def add(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -1,0 +1,142 @@
+"""One frozen backbone, many AoT tasks, one forward per mixed batch (plain PyTorch).
+
+    rows of tasks t_b, ids x_b -> bias rows t_b·|V| + x (table.py source, one of MODES)
+        -> AotHooks add P_l to every layer's input -> encoder (once) -> head of t_b per row
+
+Each task is an artifact written by `python -m aotpt.export`. Loading checks
+that every artifact was compiled for this backbone and tokenizer vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTokenizerBase
+
+from aotpt.backbones import load_backbone, load_tokenizer, tokenizer_fingerprint
+from aotpt.errors import AotptError
+from aotpt.methods.aot.hooks import AotHooks
+from aotpt.methods.aot.table import Artifact, build_source
+from aotpt.model import ClassificationHead
+
+log = logging.getLogger("aotpt")
+NO_ARTIFACTS = "artifacts=[] is empty; pass one artifact per task (python -m aotpt.export)"
+
+
+class MultiTaskPredictor(nn.Module):
+    """Predicts rows of different tasks in one backbone forward.
+
+    backbone: a plain (un-hooked) encoder, already on its device;
+    artifacts: one per task (task t = artifacts[t], names must be unique);
+    fingerprint: `tokenizer_fingerprint` of the tokenizer that will feed it;
+    mode: where the tables live, one of `table.MODES`.
+    """
+
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        artifacts: Sequence[Artifact],
+        fingerprint: str,
+        mode: str = "device",
+        cache_rows: int = 8192,
+        name: str = "",
+    ) -> None:
+        super().__init__()
+        if not artifacts:
+            raise AotptError(NO_ARTIFACTS)
+        seen: dict[str, Path] = {}
+        for artifact in artifacts:
+            artifact.check_backbone(backbone, fingerprint, name or backbone.config.name_or_path)
+            if artifact.task in seen:
+                raise AotptError(f"two artifacts for task {artifact.task!r}: {seen[artifact.task]} and {artifact.path}")
+            seen[artifact.task] = artifact.path
+        self.mode = mode
+        self.tasks = list(seen)
+        self.label_names = [tuple(a.meta["label_names"]) for a in artifacts]
+        self.backbone = backbone.eval()
+        backbone.add_module("aot", AotHooks(backbone, build_source(mode, list(artifacts), backbone, cache_rows)))
+        self.heads = nn.ModuleList(self._head(a) for a in artifacts).to(backbone.device).eval()
+
+    def _head(self, artifact: Artifact) -> ClassificationHead:
+        head = ClassificationHead(artifact.meta["hidden_size"], len(artifact.meta["label_names"]) or 1)
+        head.load_state_dict(artifact.tensors("head"))
+        return head
+
+    @classmethod
+    def load(
+        cls,
+        paths: Sequence[str | Path],
+        mode: str = "device",
+        device: str = "cpu",
+        pretrained: str | None = None,
+        cache_rows: int = 8192,
+    ) -> tuple[MultiTaskPredictor, PreTrainedTokenizerBase]:
+        """Load the backbone named in the first artifact (or `pretrained`), its tokenizer, and every artifact."""
+        if not paths:
+            raise AotptError(NO_ARTIFACTS)
+        artifacts = [Artifact.load(p) for p in paths]
+        first = artifacts[0].meta
+        name = pretrained or first["backbone"]
+        random_init = first["random_init"] if pretrained is None else None
+        if random_init:
+            log.warning("%s names a randomly initialised backbone (tests only): its weights are drawn anew", paths[0])
+        tokenizer = load_tokenizer(name)
+        backbone = load_backbone(name, random_init).to(device)
+        return cls(backbone, artifacts, tokenizer_fingerprint(tokenizer), mode, cache_rows, name), tokenizer
+
+    def task_id(self, task: str) -> int:
+        if task not in self.tasks:
+            raise AotptError(f"unknown task={task!r}; loaded: {', '.join(self.tasks)}")
+        return self.tasks.index(task)
+
+    @torch.no_grad()
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, task_ids: torch.Tensor, **inputs: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Logits of every row under its own task's head: (B, n) ids + (B,) task ids -> B tensors (num_labels_t,)."""
+        with self.backbone.aot.tasks(task_ids):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        logits: list[torch.Tensor | None] = [None] * len(task_ids)
+        for t in task_ids.unique().tolist():
+            rows = (task_ids == t).nonzero().flatten()  # (B_t,)
+            for row, out in zip(rows.tolist(), self.heads[t](hidden[rows]), strict=True):
+                logits[row] = out
+        return logits
+
+    def encode(self, tokenizer: PreTrainedTokenizerBase, texts: Sequence[tuple[str, str | None]], max_length: int):
+        """Tokenise (text_a, text_b) rows as training does (truncation longest_first), padded to the longest."""
+        features = [tokenizer(a, b, truncation="longest_first", max_length=max_length) for a, b in texts]
+        return {k: v.to(self.backbone.device) for k, v in DataCollatorWithPadding(tokenizer)(features).items()}
+
+    def predict(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        requests: Sequence[tuple[str, str, str | None]],
+        max_length: int = 128,
+    ) -> list[dict]:
+        """(task, text_a, text_b) rows -> {task, label, scores} each, in one forward.
+
+        Classification: label = the argmax's label name, scores = softmax
+        probability per label name. Regression: label = scores["value"] = the output.
+        """
+        task_ids = torch.tensor([self.task_id(task) for task, _, _ in requests], device=self.backbone.device)
+        batch = self.encode(tokenizer, [(a, b) for _, a, b in requests], max_length)
+        out = []
+        for t, logits in zip(task_ids.tolist(), self(task_ids=task_ids, **batch), strict=True):
+            names = self.label_names[t]
+            if not names:
+                value = logits.float().item()
+                out.append({"task": self.tasks[t], "label": value, "scores": {"value": value}})
+                continue
+            probs = logits.float().softmax(-1).tolist()
+            best = max(range(len(names)), key=probs.__getitem__)
+            out.append({"task": self.tasks[t], "label": names[best], "scores": dict(zip(names, probs, strict=True))})
+        return out
+
+    def held_bytes(self) -> dict[str, int]:
+        """Bytes held for the tables in this mode (device table, host table, reparam weights, row cache)."""
+        return self.backbone.aot.source.held_bytes()
