@@ -177,3 +177,12 @@ def test_reparam_options_are_validated(bad):
 def test_method_code_does_not_import_lightning():
     code = "import sys, aotpt.methods, aotpt.model; assert 'lightning' not in sys.modules, 'lightning imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_copies_after_a_training_forward():
+    """The batch's rows live in an autograd graph between forwards; copying or pickling must not carry them."""
+    _, tm = _backbone_and_model("tiny_bert", "kron")
+    ids, mask = _batch()
+    tm(ids, mask).sum().backward()
+    twin = copy.deepcopy(tm)
+    torch.testing.assert_close(twin.eval()(ids, mask), tm.eval()(ids, mask))

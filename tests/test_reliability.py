@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from aotpt import train
+from aotpt.atomic import write_json_atomic
 from aotpt.errors import AotptError
 from aotpt.loggers import build_loggers, choose_wandb_mode
 from aotpt.module import TaskModule
-from aotpt.results import write_json_atomic
 from aotpt.resume import AtomicCheckpointIO
 from conftest import FIXTURES, REPO
 

@@ -29,6 +29,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from aotpt.atomic import write_json_atomic
 from aotpt.backbones import count_params, load_backbone
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.errors import choices
@@ -37,7 +38,6 @@ from aotpt.methods.aot.hooks import gather_bias
 from aotpt.methods.aot.table import Artifact
 from aotpt.model import build_model, save_trained
 from aotpt.module import instantiate_method
-from aotpt.results import write_json_atomic
 from aotpt.serving import MultiTaskPredictor
 from aotpt.tasks import get_task
 

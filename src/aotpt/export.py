@@ -25,12 +25,12 @@ from omegaconf import DictConfig
 from safetensors.torch import save_file
 
 from aotpt import __version__
+from aotpt.atomic import atomic_path, write_json_atomic
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.errors import AotptError, ConfigError, choices
 from aotpt.methods.aot.table import DTYPES, FORMAT, compile_tensors
 from aotpt.model import build_model, load_trained
 from aotpt.module import instantiate_method
-from aotpt.results import write_json_atomic
 
 
 def export(run_dir: str | Path, dtype: str = "fp16", chunk_rows: int = 4096, output: str | Path | None = None) -> Path:
@@ -54,10 +54,8 @@ def export(run_dir: str | Path, dtype: str = "fp16", chunk_rows: int = 4096, out
     del model
 
     out = Path(output) if output else trained.with_name("table.safetensors")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp))
     info = {k: v for k, v in meta.items() if k not in ("trainable", "aotpt_version")}
     write_json_atomic(
         out.with_suffix(".json"),

@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from aotpt import __version__
+from aotpt.atomic import atomic_open, atomic_path
 from aotpt.backbones import count_params, freeze_except, load_backbone
 from aotpt.errors import AotptError
 from aotpt.methods import MethodConfig, method_of
@@ -87,14 +88,11 @@ def describe(model: TaskModel) -> dict:
 
 def save_trained(model: TaskModel, path: Path, metadata: dict) -> None:
     """Write the trained tensors (safetensors) and `metadata` + version beside them (json)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.trained_state().items()}, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in model.trained_state().items()}, str(tmp))
     meta = {**metadata, "aotpt_version": __version__, "trainable": model.trainable}
-    meta_path = path.with_suffix(".json")
-    meta_path.with_suffix(".json.tmp").write_text(json.dumps(meta, indent=2, default=_jsonable))
-    meta_path.with_suffix(".json.tmp").replace(meta_path)
+    with atomic_open(path.with_suffix(".json")) as f:
+        json.dump(meta, f, indent=2, default=_jsonable)
 
 
 def load_trained(model: TaskModel, path: Path) -> dict:

@@ -13,13 +13,13 @@ line: {"line", "id" (if given), "task", "label", "scores"}, in input order.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from aotpt.atomic import atomic_open
 from aotpt.cli import CONF_DIR, entry, one_line_errors
 from aotpt.errors import ConfigError, DataError
 from aotpt.serving import MultiTaskPredictor
@@ -66,9 +66,7 @@ def predict_file(
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be a positive integer")
     requests = read_requests(input_path, predictor.tasks)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output_path.with_name(f".{output_path.name}.tmp")
-    with tmp.open("w") as f, tqdm(total=len(requests), desc="predicting", unit="req", disable=None) as bar:
+    with atomic_open(output_path) as f, tqdm(total=len(requests), desc="predicting", unit="req", disable=None) as bar:
         for start in range(0, len(requests), batch_size):
             chunk = requests[start : start + batch_size]
             preds = predictor.predict(tokenizer, [(row["task"], a, b) for _, row, a, b in chunk], max_length)
@@ -76,9 +74,6 @@ def predict_file(
                 ident = {"id": row["id"]} if "id" in row else {}
                 f.write(json.dumps({"line": line_no, **ident, **pred}, ensure_ascii=False) + "\n")
             bar.update(len(chunk))
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(output_path)
     return len(requests)
 
 

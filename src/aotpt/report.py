@@ -21,9 +21,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from aotpt.atomic import write_json_atomic
 from aotpt.cli import CONF_DIR, entry, one_line_errors
 from aotpt.errors import ConfigError
-from aotpt.results import write_json_atomic
 from aotpt.tasks import TASKS, benchmark_tasks
 
 

@@ -6,23 +6,12 @@ failure), always atomically: a kill mid-write leaves the previous file.
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from pathlib import Path
 
 import lightning as L
 
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+from aotpt.atomic import write_json_atomic
 
 
 class ResultsWriter(L.Callback):

@@ -12,7 +12,6 @@ Three pieces make that true:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from lightning.fabric.utilities.seed import seed_everything
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import Sampler
 
+from aotpt.atomic import atomic_open
 from aotpt.cli import log
 from aotpt.errors import ConfigError
 
@@ -42,7 +42,7 @@ def resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to `<name>.tmp` in the same folder, fsync, then rename over `<name>`.
+    """torch.save through `atomic.atomic_open`: a kill mid-save leaves the previous checkpoint.
 
     Lightning's own save goes through fsspec, whose local transaction writes to
     the system temp folder and *copies* the file when that is another file
@@ -50,14 +50,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

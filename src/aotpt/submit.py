@@ -29,13 +29,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from aotpt.atomic import write_json_atomic
 from aotpt.backbones import load_tokenizer, tokenizer_fingerprint
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.data.datamodule import TaskDataModule
 from aotpt.errors import AotptError, ConfigError
 from aotpt.model import load_trained
 from aotpt.module import TaskModule
-from aotpt.results import write_json_atomic
 from aotpt.tasks import Example, TaskSpec, diagnostics_of, get_task
 from aotpt.tasks.metrics import compute_metrics, group_argmax
 

@@ -98,6 +98,12 @@ class AotHooks(nn.Module):
             input_ids = self._task_ids[:, None] * self.vocab_size + input_ids  # (B, n) rows of the stacked source
         self._bias = gather_bias(self.source, input_ids)
 
+    def __getstate__(self) -> dict:
+        # The rows of the last forward are part of an autograd graph: never copy or pickle them
+        # (deepcopy, DDP spawn). They are kept between forwards so that gradient checkpointing,
+        # which re-runs layers during backward, still finds them.
+        return {**self.__dict__, "_bias": None}
+
     @contextmanager
     def tasks(self, task_ids: torch.Tensor) -> Iterator[None]:
         """Forwards inside this block read row task_ids[b]·|V| + x of a stacked multi-task source (B,)."""
