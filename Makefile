@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 ARGS ?=
 
-.PHONY: install test test-full train sweep bench lint format clean
+.PHONY: install test test-full train sweep export predict submit report bench bench-serving lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,23 @@ train:  ## e.g. make train ARGS="task=mrpc method=aot reparam=fc"
 sweep:  ## e.g. make sweep SWEEP=aot_glue_minilm
 	$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name $(SWEEP) data_dir=$(DATA_DIR) $(ARGS)
 
-bench:  ## training step time of AoT vs full fine-tuning on MiniLM
+export:  ## e.g. make export ARGS="run_dir=logs/runs/rte-minilm-aot/seed42 dtype=bf16"
+	$(BIN)/python -m aotpt.export $(ARGS)
+
+predict:  ## e.g. make predict ARGS="artifacts=[a/table.safetensors,b/table.safetensors] input=requests.jsonl mode=host"
+	$(BIN)/python -m aotpt.predict $(ARGS)
+
+submit:  ## leaderboard files, e.g. make submit RUNS="[logs/runs/a/seed42,logs/runs/b/seed42]"
+	$(BIN)/python -m aotpt.submit runs=$(RUNS) data_dir=$(DATA_DIR) $(ARGS)
+
+report:  ## GLUE/SuperGLUE scores (mean ± std over seeds) from run folders
+	$(BIN)/python -m aotpt.report runs_dir=logs/runs $(ARGS)
+
+bench:  ## training step time of AoT vs full fine-tuning on MiniLM (batch 32 x 128)
 	$(BIN)/python -m aotpt.bench $(ARGS)
+
+bench-serving:  ## export + serving modes on a RoBERTa-base-sized random backbone
+	$(BIN)/python -m aotpt.bench suite=serving $(ARGS)
 
 lint:
 	$(BIN)/ruff check src tests
