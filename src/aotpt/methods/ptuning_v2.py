@@ -86,6 +86,7 @@ class DeepPrefix(nn.Module):
         # gets -inf in the mask (ablations; the test that a closed prefix is the backbone).
         self.register_buffer("visible", torch.ones(cfg.length, dtype=torch.bool), persistent=False)
         self._kv: torch.Tensor | None = None  # (2L, B, h, p, d_h) of the forward in flight
+        self._all_visible = True  # read once per forward, not once per layer (a host sync on GPUs)
         backbone.register_forward_pre_hook(self._start, with_kwargs=True)
         backbone.register_forward_hook(self._finish)
 
@@ -97,6 +98,7 @@ class DeepPrefix(nn.Module):
         kv = self.dropout(self.encoder(self.slots.expand(batch, p)))  # (B, p, L*2*d)
         kv = kv.view(batch, p, 2 * self.num_layers, self.heads, -1)  # (B, p, 2L, h, d_h)
         self._kv = kv.permute(2, 0, 3, 1, 4)  # (2L, B, h, p, d_h); layer l: keys 2l, values 2l+1
+        self._all_visible = bool(self.visible.all())
 
     def _finish(self, module: nn.Module, args: tuple, output) -> None:
         self._kv = None
@@ -104,6 +106,25 @@ class DeepPrefix(nn.Module):
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Layer `index`'s prefix keys and values, each (B, h, p, d_h)."""
         return self._kv[2 * index], self._kv[2 * index + 1]
+
+    def widen(self, mask: torch.Tensor | None, kv_length: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """Prepend the prefix columns to a 4-D mask: (B, 1, q, n) -> (B, 1, q, p + n).
+
+        Boolean masks (True = attend) get `visible`; additive float masks get 0 or the
+        dtype's minimum. `None` (no padding: SDPA's shortcut) stays `None` while the
+        whole prefix is visible, else becomes an additive mask of `dtype`.
+        """
+        if mask is None:
+            if self._all_visible:
+                return None
+            mask = torch.zeros(1, 1, 1, kv_length, dtype=dtype, device=self.visible.device)
+        if mask.dtype == torch.bool:
+            columns = self.visible
+        else:
+            columns = torch.zeros(len(self.visible), dtype=mask.dtype, device=mask.device)
+            columns = columns.masked_fill(~self.visible, torch.finfo(mask.dtype).min)
+        columns = columns.view(1, 1, 1, -1).expand(*mask.shape[:3], -1)  # (B, 1, q, p)
+        return torch.cat([columns, mask], dim=-1)
 
 
 @dataclass
@@ -115,33 +136,13 @@ class PrefixSlot:
     base: Callable | None = None  # the attention function it wraps (interface families only)
 
 
-def widen_mask(mask: torch.Tensor | None, visible: torch.Tensor, kv_length: int) -> torch.Tensor | None:
-    """Prepend the prefix columns to a 4-D mask: (B, 1, q, n) -> (B, 1, q, p + n).
-
-    Boolean masks (True = attend) get `visible`; additive float masks get 0 or the
-    dtype's minimum. `None` (no padding, SDPA's shortcut) stays `None` while the
-    whole prefix is visible.
-    """
-    if mask is None:
-        if bool(visible.all()):
-            return None
-        mask = torch.zeros(1, 1, 1, kv_length, device=visible.device)  # additive: nothing masked
-    if mask.dtype == torch.bool:
-        columns = visible
-    else:
-        columns = torch.zeros(len(visible), dtype=mask.dtype, device=mask.device)
-        columns = columns.masked_fill(~visible, torch.finfo(mask.dtype).min)
-    columns = columns.view(1, 1, 1, -1).expand(*mask.shape[:3], -1)  # (B, 1, q, p)
-    return torch.cat([columns, mask], dim=-1)
-
-
 def prefix_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
     """The registered attention function: q (B, h, n, d_h) over [prefix ; tokens], then the base implementation."""
     slot: PrefixSlot = module.prefix_slot
     prefix_key, prefix_value = slot.prefix.layer(slot.index)  # (B, h, p, d_h) each
     key = torch.cat([prefix_key.to(key.dtype), key], dim=2)  # (B, h, p + n, d_h)
     value = torch.cat([prefix_value.to(value.dtype), value], dim=2)
-    mask = widen_mask(attention_mask, slot.prefix.visible, key.shape[2] - len(slot.prefix.visible))
+    mask = slot.prefix.widen(attention_mask, key.shape[2] - len(slot.prefix.visible), query.dtype)
     return slot.base(module, query, key, value, mask, **kwargs)
 
 
@@ -183,7 +184,7 @@ class PrefixDisentangledSelfAttention(DisentangledSelfAttention):
         scores = torch.cat([prefix_scores, scores], dim=-1)  # (B*h, n, p + n)
         scores = scores.view(-1, heads, scores.size(-2), scores.size(-1))  # (B, h, n, p + n)
 
-        mask = widen_mask(attention_mask.bool(), self.prefix_slot.prefix.visible, key.size(1))
+        mask = self.prefix_slot.prefix.widen(attention_mask.bool(), key.size(1), query.dtype)
         scores = scores.masked_fill(~mask, torch.finfo(query.dtype).min)
         probs = self.dropout(nn.functional.softmax(scores, dim=-1))
         context = torch.bmm(probs.flatten(0, 1), torch.cat([prefix_value, value], dim=1))  # (B*h, n, d_h)
