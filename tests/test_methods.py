@@ -17,7 +17,11 @@ from safetensors.torch import load_file
 
 from aotpt import train
 from aotpt.backbones import count_params, load_backbone
-from aotpt.methods import METHODS
+from aotpt.errors import ConfigError
+from aotpt.methods import METHODS, lora
+from aotpt.methods.adapter import AdapterConfig
+from aotpt.methods.lora import LoraConfig
+from aotpt.methods.ptuning_v1 import PtuningV1Config
 from aotpt.model import build_model, load_trained, save_trained
 from conftest import SHARED_DATA, TINY_MODELS, model_conf
 
@@ -184,3 +188,98 @@ def test_minilm_real_data_smoke_run(train_cfg, method):
     saved = load_file(str(Path(out["output_dir"]) / "model" / "trained.safetensors"))
     assert {k.removeprefix("net.") for k in ckpt["state_dict"]} == set(saved)
     assert sum(v.numel() for v in saved.values()) == results["trainable_params"]
+
+
+# ---- method-specific checks --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "options", "message"),
+    [
+        (LoraConfig, {"rank": 0}, r"method.rank=0 must be >= 1"),
+        (LoraConfig, {"dropout": 1.0}, r"method.dropout=1.0 must be in \[0, 1\)"),
+        (AdapterConfig, {"size": 0}, r"method.size=0 must be >= 1"),
+        (AdapterConfig, {"activation": "nope"}, r"unknown method.activation='nope'; accepted: .*gelu"),
+        (PtuningV1Config, {"encoder": "gru"}, r"unknown method.encoder='gru'; accepted: lstm, mlp"),
+        (PtuningV1Config, {"length": 0}, r"method.length=0 must be >= 1"),
+    ],
+)
+def test_bad_options_fail_in_one_line(config, options, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        config(**options)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_lora_targets_the_family_projections(model):
+    conf = model_conf(model)
+    backbone = load_backbone(conf["pretrained"], conf["random_init"])
+    lora.attach(backbone, LoraConfig())
+    suffix = {"tiny_deberta": ("query_proj", "value_proj")}.get(model, ("query", "value"))
+    expected = [f"encoder.layer.{i}.attention.self.{name}" for i in range(2) for name in suffix]
+    assert sorted(lora.tuner(backbone).targeted_module_names) == sorted(expected)
+
+
+# DeBERTa-v2 with share_att_key also runs query_proj on the relative embeddings (batch 1), which PEFT's
+# per-row adapter_names cannot split: the mixed-batch serving baseline needs another target set there.
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_roberta"])
+def test_lora_keeps_the_tuner_for_mixed_batches(model):
+    conf = model_conf(model)
+    backbone = load_backbone(conf["pretrained"], conf["random_init"])
+    lora.attach(backbone, LoraConfig())
+    backbone.eval()
+    ids, mask = _batch()
+    with torch.no_grad():  # the serving baseline's path: adapter_names reaches the layers through the tuner
+        plain = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        with lora.tuner(backbone)._enable_peft_forward_hooks(adapter_names=[lora.ADAPTER] * 3):
+            named = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(named, plain, rtol=0, atol=1e-6)
+
+
+def test_lora_unknown_target_is_refused():
+    conf = model_conf("tiny_bert")
+    backbone = load_backbone(conf["pretrained"], conf["random_init"])
+    with pytest.raises(ConfigError, match=r"unknown method.targets entry='q_proj'; accepted: key, query, value"):
+        lora.attach(backbone, LoraConfig(targets=["q_proj"]))
+
+
+def test_adapter_sits_before_each_residual_layer_norm():
+    """One BERT layer written out: h = LN(x + a(attn_out(x))), y = LN(h + a'(ffn(h)))."""
+    tm = _build("adapter", "tiny_bert").eval()
+    with torch.no_grad():
+        for name, p in tm.named_parameters():
+            if ".adapter." in name:
+                p.normal_(0, 0.3)
+    layer = tm.backbone.encoder.layer[0]
+    x = torch.randn(3, 9, 32)
+    with torch.no_grad():
+        attention = layer.attention
+        context = attention.self(x, attention_mask=None)[0]
+        h = attention.output.LayerNorm(x + attention.output.adapter(attention.output.dense(context)))
+        want = layer.output.LayerNorm(h + layer.output.adapter(layer.output.dense(layer.intermediate(h))))
+        got = layer(x, attention_mask=None)
+        got = got[0] if isinstance(got, tuple) else got
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_ptuning_v1_prompt_follows_the_first_token(model):
+    """The hooked backbone equals the plain one run on [e(x_0); prompt; e(x_1..)], prompt positions dropped."""
+    tm = _build("ptuning_v1", model).eval()
+    conf = model_conf(model)
+    torch.manual_seed(0)
+    plain = load_backbone(conf["pretrained"], conf["random_init"]).eval()
+    p = tm.backbone.prompt.slots.numel()
+    ids, mask = _batch()
+    with torch.no_grad():
+        got = tm.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        prompt = tm.backbone.prompt.encoder(torch.arange(p)[None]).expand(3, -1, -1)  # (B, p, d)
+        embeds = plain.embeddings.word_embeddings(ids)  # (B, n, d)
+        full = plain(
+            inputs_embeds=torch.cat([embeds[:, :1], prompt, embeds[:, 1:]], dim=1),
+            attention_mask=torch.cat([mask[:, :1], torch.ones(3, p, dtype=mask.dtype), mask[:, 1:]], dim=1),
+        ).last_hidden_state  # (B, 1 + p + n - 1, d)
+    want = torch.cat([full[:, :1], full[:, 1 + p :]], dim=1)
+    assert got.shape == (*ids.shape, 32)
+    real = mask.bool()
+    torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)

@@ -14,7 +14,7 @@ from aotpt.methods import METHODS
 from conftest import SHARED_DATA
 
 SST2 = SHARED_DATA / "glue" / "SST-2"
-STEPS, BATCH = 200, 16
+STEPS, BATCH = 200, 8
 MARGIN = 0.10  # "clearly above": at least 10 accuracy points over always answering the majority class
 
 
@@ -33,7 +33,7 @@ def test_method_learns_sst2(train_cfg, method):
         "task=sst2",
         f"method={method}",
         f"data_dir={SHARED_DATA}",
-        f"data.limit_examples={STEPS * BATCH}",  # train: the first 3,200 sentences; dev: all 872
+        f"data.limit_examples={STEPS * BATCH}",  # train: the first 1,600 sentences; dev: all 872
         f"data.batch_size={BATCH}",
         "data.eval_batch_size=64",
         "data.max_length=48",

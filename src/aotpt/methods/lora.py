@@ -79,5 +79,11 @@ def attach(backbone: PreTrainedModel, cfg: LoraConfig) -> dict[str, nn.Parameter
 
 
 def tuner(backbone: PreTrainedModel) -> LoraModel:
-    """PEFT's tuner of a backbone that `attach` changed."""
-    return backbone.__dict__[_TUNER_ATTR]
+    """PEFT's tuner of a backbone that `attach` changed, in the backbone's train/eval mode.
+
+    The tuner sits outside the module tree, so `.eval()` on the model never
+    reaches it; PEFT refuses `adapter_names` while it believes it is training.
+    """
+    lora = backbone.__dict__[_TUNER_ATTR]
+    lora.training = backbone.training
+    return lora
