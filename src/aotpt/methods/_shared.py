@@ -24,7 +24,7 @@ def one_of(option: str, value: str, accepted) -> None:
         raise choices(f"method.{option}", value, accepted)
 
 
-def encoder_parameters(backbone: PreTrainedModel) -> dict[str, nn.Parameter]:
+def used_parameters(backbone: PreTrainedModel) -> dict[str, nn.Parameter]:
     """Every backbone parameter the task head depends on, by name.
 
     The head reads the first token's last hidden state, so the pooler (BERT,

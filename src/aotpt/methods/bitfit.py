@@ -15,7 +15,7 @@ from typing import ClassVar
 from torch import nn
 from transformers import PreTrainedModel
 
-from aotpt.methods._shared import encoder_parameters
+from aotpt.methods._shared import used_parameters
 from aotpt.methods.base import MethodConfig
 
 
@@ -27,7 +27,7 @@ class BitfitConfig(MethodConfig):
 
 def attach(backbone: PreTrainedModel, cfg: BitfitConfig) -> dict[str, nn.Parameter]:
     """The `bias` attribute of every module (by structure, not by parameter name)."""
-    used = {id(p) for p in encoder_parameters(backbone).values()}
+    used = {id(p) for p in used_parameters(backbone).values()}
     return {
         f"{name}.bias": module.bias
         for name, module in backbone.named_modules()

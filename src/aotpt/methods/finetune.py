@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 from transformers import PreTrainedModel
 
-from aotpt.methods._shared import encoder_parameters
+from aotpt.methods._shared import used_parameters
 from aotpt.methods.base import MethodConfig
 
 
@@ -19,4 +19,4 @@ class FinetuneConfig(MethodConfig):
 
 
 def attach(backbone: PreTrainedModel, cfg: FinetuneConfig) -> dict[str, nn.Parameter]:
-    return encoder_parameters(backbone)
+    return used_parameters(backbone)
