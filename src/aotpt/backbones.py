@@ -25,20 +25,28 @@ MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a family keeps its parts, as dotted paths.
+    """Where a family keeps its parts, as dotted paths, and how its attention runs.
 
-    `layers`, `embeddings`, `encoder`, `word_embeddings` are relative to the
-    base model; the rest are relative to one encoder layer.
+    `layers`, `embeddings`, `encoder`, `word_embeddings`, `pooler` are relative
+    to the base model; `self_attention`, `attention_output`, `ffn_output` to one
+    encoder layer; `output_dropout`/`output_norm` to a sublayer output;
+    `lora_targets` to the self-attention module.
     """
 
     layers: str = "encoder.layer"
     encoder: str = "encoder"
     embeddings: str = "embeddings"
     word_embeddings: str = "embeddings.word_embeddings"
+    pooler: str = "pooler"  # absent in some families; the task head never reads it
     self_attention: str = "attention.self"
-    attention_output: str = "attention.output"  # dense + dropout + residual LayerNorm
-    ffn_output: str = "output"  # dense + dropout + residual LayerNorm
-    lora_targets: tuple[str, ...] = ("query", "value")
+    attention_output: str = "attention.output"  # dense -> dropout -> LayerNorm(x + residual)
+    ffn_output: str = "output"  # dense -> dropout -> LayerNorm(x + residual)
+    output_dropout: str = "dropout"  # Houlsby adapters sit right after it, before the residual
+    output_norm: str = "LayerNorm"
+    lora_targets: tuple[str, ...] = ("query", "value")  # the LoRA paper's W_q, W_v
+    # "interface": self-attention calls the function registered under config._attn_implementation
+    # (transformers.AttentionInterface); "disentangled": DeBERTa's own forward with relative-position terms.
+    attention: str = "interface"
 
 
 _BERT_LIKE = Layout()
@@ -47,7 +55,7 @@ LAYOUTS: dict[str, Layout] = {
     "roberta": _BERT_LIKE,
     "xlm-roberta": _BERT_LIKE,
     "electra": _BERT_LIKE,
-    "deberta-v2": Layout(lora_targets=("query_proj", "value_proj")),
+    "deberta-v2": Layout(lora_targets=("query_proj", "value_proj"), attention="disentangled"),
 }
 
 

@@ -7,7 +7,7 @@ Adding a method = a module here, a `conf/method/<name>.yaml` and one
 from __future__ import annotations
 
 from aotpt.errors import choices
-from aotpt.methods import aot, finetune
+from aotpt.methods import adapter, aot, bitfit, finetune, lora, ptuning_v1, ptuning_v2
 from aotpt.methods.base import Method, MethodConfig
 
 METHODS: dict[str, Method] = {}
@@ -22,6 +22,11 @@ def _register(method: Method) -> None:
 
 _register(Method(aot.AotConfig, aot.attach))
 _register(Method(finetune.FinetuneConfig, finetune.attach))
+_register(Method(bitfit.BitfitConfig, bitfit.attach))
+_register(Method(lora.LoraConfig, lora.attach))
+_register(Method(adapter.AdapterConfig, adapter.attach))
+_register(Method(ptuning_v2.PtuningV2Config, ptuning_v2.attach))
+_register(Method(ptuning_v1.PtuningV1Config, ptuning_v1.attach))
 
 
 def get_method(name: str) -> Method:

@@ -1,4 +1,4 @@
-"""Full fine-tuning: every backbone weight trains (the upper baseline)."""
+"""Full fine-tuning: every backbone weight the task head depends on trains (the upper baseline)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import ClassVar
 from torch import nn
 from transformers import PreTrainedModel
 
+from aotpt.methods._shared import used_parameters
 from aotpt.methods.base import MethodConfig
 
 
@@ -18,4 +19,4 @@ class FinetuneConfig(MethodConfig):
 
 
 def attach(backbone: PreTrainedModel, cfg: FinetuneConfig) -> dict[str, nn.Parameter]:
-    return dict(backbone.named_parameters())
+    return used_parameters(backbone)
