@@ -84,11 +84,18 @@ def test_every_experiment_composes(tmp_path, experiment):
     instantiate_method(cfg.method)
 
 
-def test_reparam_with_another_method_is_refused(tmp_path):
-    cfg = compose_train(["method=finetune", "reparam=fc"], tmp_path)
-    with pytest.raises(ConfigError, match="reparam") as err:
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "aot"])
+def test_reparam_with_another_method_is_refused(tmp_path, method):
+    cfg = compose_train([f"method={method}", "reparam=fc"], tmp_path)
+    with pytest.raises(ConfigError, match=f"reparam= only applies to method=aot, not method={method}") as err:
         instantiate_method(cfg.method)
     assert "\n" not in str(err.value)
+
+
+def test_unknown_method_option_lists_the_accepted_ones(tmp_path):
+    cfg = compose_train(["method=lora", "+method.rnk=4"], tmp_path)
+    with pytest.raises(ConfigError, match="method=lora has no option method.rnk; its options: alpha, dropout, rank"):
+        instantiate_method(cfg.method)
 
 
 def test_non_aot_method_has_no_reparam(tmp_path):
