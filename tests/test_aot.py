@@ -186,3 +186,10 @@ def test_model_copies_after_a_training_forward():
     tm(ids, mask).sum().backward()
     twin = copy.deepcopy(tm)
     torch.testing.assert_close(twin.eval()(ids, mask), tm.eval()(ids, mask))
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_changed_modules_name_every_hooked_layer(model):
+    _, tm = _backbone_and_model(model, "kron")
+    layers = [f"encoder.layer.{i}" for i in range(1, len(encoder_layers(tm.backbone)))]
+    assert tm.changed_modules == ["embeddings", "encoder", *layers, "aot"]

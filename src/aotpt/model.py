@@ -42,11 +42,18 @@ class ClassificationHead(nn.Module):
 class TaskModel(nn.Module):
     """A backbone with a method attached and a task head; `trainable` names what trains."""
 
-    def __init__(self, backbone: PreTrainedModel, head: nn.Module, trainable: dict[str, nn.Parameter]) -> None:
+    def __init__(
+        self,
+        backbone: PreTrainedModel,
+        head: nn.Module,
+        trainable: dict[str, nn.Parameter],
+        changed_modules: list[str] | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.trainable = sorted(trainable)  # names relative to this module
+        self.changed_modules = changed_modules or []  # backbone modules the method added, replaced or hooked
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs)
@@ -67,12 +74,29 @@ def build_model(
 ) -> TaskModel:
     """Load the backbone, attach the method, freeze all but its parameters and the head."""
     backbone = load_backbone(pretrained, random_init)
+    before = {name: type(module) for name, module in backbone.named_modules()}
     trainable = method_of(method).attach(backbone, method)
     freeze_except(backbone, trainable)
     head = ClassificationHead(backbone.config.hidden_size, num_labels, head_dropout)
     names = {f"backbone.{n}": p for n, p in trainable.items()}
     names.update({f"head.{n}": p for n, p in head.named_parameters()})
-    return TaskModel(backbone, head, names)
+    return TaskModel(backbone, head, names, changed_modules(backbone, before))
+
+
+def changed_modules(backbone: nn.Module, before: dict[str, type]) -> list[str]:
+    """Modules of `backbone` that are new, of another class, or hooked since `before` (for results.json).
+
+    A new module's own children are not listed again.
+    """
+    changed, new = [], []
+    for name, module in backbone.named_modules():
+        if any(name.startswith(f"{parent}.") for parent in new):
+            continue
+        if name not in before:
+            new.append(name)
+        if before.get(name) is not type(module) or module._forward_pre_hooks or module._forward_hooks:
+            changed.append(name or "<root>")
+    return changed
 
 
 def describe(model: TaskModel) -> dict:
@@ -83,6 +107,7 @@ def describe(model: TaskModel) -> dict:
         "trainable_params": trainable,
         "total_params": total,
         "trainable_pct_of_backbone": 100.0 * trainable / backbone_total,
+        "changed_modules": model.changed_modules,
     }
 
 
