@@ -37,7 +37,8 @@ def _train_cmd(root: Path) -> list[str]:
 
 
 def _run_dir(root: Path) -> Path:
-    return next((root / "logs" / "runs").glob("*/seed*"))
+    (results,) = (root / "logs" / "runs").glob("*/seed*/*/results.json")  # <name>/seed<seed>/<other overrides>
+    return results.parent
 
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
@@ -62,7 +63,7 @@ KILL_POINTS = [
 def test_sigkilled_run_resumes_to_identical_results(tmp_path, uninterrupted, kill_delay):
     proc = subprocess.Popen(_train_cmd(tmp_path), env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240
-    while not list(tmp_path.glob("logs/runs/*/seed*/checkpoints/last.ckpt")):
+    while not list(tmp_path.glob("logs/runs/*/seed*/*/checkpoints/last.ckpt")):
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.monotonic() < deadline
         time.sleep(0.02)
