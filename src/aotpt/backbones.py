@@ -85,8 +85,8 @@ def resolve_pretrained(name_or_path: str) -> str:
 
 def _hub_error(what: str, name: str, err: Exception) -> AotptError:
     return AotptError(
-        f"could not load the {what} of model.pretrained={name!r} ({type(err).__name__}); "
-        "without network access pass a local folder: model.pretrained=/path/to/model"
+        f"could not load the {what} of {name!r} ({type(err).__name__}); "
+        "without network access give a local folder instead (training: model.pretrained=/path/to/model)"
     )
 
 
