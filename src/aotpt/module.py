@@ -135,7 +135,7 @@ class TaskModule(L.LightningModule):
         cat = {k: torch.cat(v) for k, v in out.items()}
         if self.trainer.world_size > 1:
             cat = {k: self.all_gather(v).flatten(0, 1) for k, v in cat.items()}
-        idx, first = _first_occurrence(cat["idx"])
+        _, first = _first_occurrence(cat["idx"])
         return {k: v[first] for k, v in cat.items()}
 
     def on_validation_epoch_end(self) -> None:
