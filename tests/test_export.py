@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,7 @@ from aotpt.methods.finetune import FinetuneConfig
 from aotpt.model import build_model, save_trained
 from aotpt.serving import MultiTaskPredictor
 from aotpt.tasks import get_task
-from conftest import model_conf
+from conftest import FIXTURES, REPO, model_conf
 
 REPARAMS = {
     "kron": {"_target_": "aotpt.methods.aot.reparam.KronConfig", "rank": 4, "dropout": 0.0},
@@ -174,3 +177,16 @@ def test_cli_config_exports_a_trained_run(train_cfg, tmp_path):
     predictor, tokenizer = MultiTaskPredictor.load([path])
     (pred,) = predictor.predict(tokenizer, [("rte", *TEXTS[0])])
     assert pred["task"] == "rte" and pred["label"] in ("entailment", "not_entailment")
+
+
+def test_cli_train_folder_feeds_the_export_cli(tmp_path):
+    """The folder `aotpt.train` picks (it names the overrides) is accepted as is by `aotpt.export run_dir=`."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    train = [sys.executable, "-m", "aotpt.train", "model=tiny_bert", "debug=limit", f"data_dir={FIXTURES}"]
+    overrides = ["reparam=fc", "optim.lr=5e-3", "trainer.max_epochs=1", f"paths.root_dir={tmp_path}"]
+    subprocess.run([*train, *overrides], check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+    (run_dir,) = (p.parent.parent for p in tmp_path.rglob("model/trained.safetensors"))
+    assert run_dir.name == "optim.lr:5e-3+reparam:fc+trainer.max_epochs:1"
+    export_cmd = [sys.executable, "-m", "aotpt.export", f"run_dir={run_dir}"]
+    subprocess.run(export_cmd, check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
+    assert (run_dir / "model" / "table.safetensors").exists()
