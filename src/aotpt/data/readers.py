@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from aotpt import hub
 from aotpt.errors import AotptError, DataError, choices
 from aotpt.tasks.spec import Example, TaskSpec
 
@@ -184,32 +185,17 @@ def read_local(spec: TaskSpec, data_dir: str | Path, split: str) -> list[Example
     return examples
 
 
-def _hub_offline() -> bool:
-    import datasets
-    import huggingface_hub
-
-    return huggingface_hub.constants.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE
-
-
 def read_hub(spec: TaskSpec, split: str) -> list[Example]:
-    """All examples of `split` from the Hugging Face hub (or its local cache).
-
-    Online, one metadata request comes first: hub downloads retry for about
-    half a minute on a dead network, while this request fails at once and
-    turns into a one-line error. With HF_HUB_OFFLINE=1 the hub cache is used
-    and nothing is requested.
-    """
+    """All examples of `split` from the Hugging Face hub (or its cache; `aotpt.hub` fails fast offline)."""
     import datasets
-    import huggingface_hub
 
     _check_split(spec, split)
     repo, config = spec.hub
     hub_split = dict(spec.hub_splits).get(split, split)
     name = f"{repo} ({config}, split {hub_split})"
-    offline = _hub_offline()
+    offline = hub.offline()
     try:
-        if not offline:
-            huggingface_hub.HfApi().dataset_info(repo, timeout=10)
+        hub.probe(repo, "dataset")
         table = datasets.load_dataset(repo, config, split=hub_split)
     except Exception as err:  # network, offline mode, missing cache: all end in the same advice
         reason = (str(err).splitlines() or [""])[0][:120]
