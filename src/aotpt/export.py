@@ -16,7 +16,6 @@ backbone, but an fc table then reads other word embeddings than in training.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from aotpt.atomic import atomic_path, write_json_atomic
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.errors import AotptError, ConfigError, choices
 from aotpt.methods.aot.table import DTYPES, FORMAT, compile_tensors
-from aotpt.model import build_model, load_trained
+from aotpt.model import build_model, load_trained, read_run
 from aotpt.module import instantiate_method
 
 
@@ -39,10 +38,7 @@ def export(run_dir: str | Path, dtype: str = "fp16", chunk_rows: int = 4096, out
         raise choices("dtype", dtype, DTYPES)
     if chunk_rows < 1:
         raise ConfigError(f"chunk_rows={chunk_rows} must be a positive integer")
-    trained = Path(run_dir) / "model" / "trained.safetensors"
-    if not trained.is_file() or not trained.with_suffix(".json").is_file():
-        raise AotptError(f"run_dir={run_dir}: no model/trained.safetensors (+ .json); train with python -m aotpt.train")
-    meta = json.loads(trained.with_suffix(".json").read_text())
+    trained, meta = read_run(run_dir, "run_dir")
     method = instantiate_method(meta["method"])
     if type(method).name != "aot":
         raise AotptError(f"run_dir={run_dir} was trained with method={type(method).name}; only method=aot compiles")

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from aotpt import __version__
 from aotpt.atomic import atomic_open, atomic_path
 from aotpt.backbones import count_params, freeze_except, load_backbone
-from aotpt.errors import AotptError
+from aotpt.errors import AotptError, ConfigError
 from aotpt.methods import MethodConfig, method_of
 
 
@@ -118,6 +118,19 @@ def save_trained(model: TaskModel, path: Path, metadata: dict) -> None:
     meta = {**metadata, "aotpt_version": __version__, "trainable": model.trainable}
     with atomic_open(path.with_suffix(".json")) as f:
         json.dump(meta, f, indent=2, default=_jsonable)
+
+
+def read_run(run_dir: str | Path, option: str) -> tuple[Path, dict]:
+    """The trained-tensor file of a finished `aotpt.train` run folder and its metadata.
+
+    `option` names the CLI option that gave the folder, for the error.
+    """
+    weights = Path(run_dir) / "model" / "trained.safetensors"
+    if not weights.is_file() or not weights.with_suffix(".json").is_file():
+        raise ConfigError(
+            f"{option}={run_dir} has no model/trained.safetensors (+ .json): not a finished python -m aotpt.train run"
+        )
+    return weights, json.loads(weights.with_suffix(".json").read_text())
 
 
 def load_trained(model: TaskModel, path: Path) -> dict:

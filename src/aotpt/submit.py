@@ -34,7 +34,7 @@ from aotpt.backbones import load_tokenizer, tokenizer_fingerprint
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.data.datamodule import TaskDataModule
 from aotpt.errors import AotptError, ConfigError
-from aotpt.model import load_trained
+from aotpt.model import load_trained, read_run
 from aotpt.module import TaskModule
 from aotpt.tasks import Example, TaskSpec, diagnostics_of, get_task
 from aotpt.tasks.metrics import compute_metrics, group_argmax
@@ -45,10 +45,7 @@ class Run:
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
         self.folder = Path(folder)
-        self.weights = self.folder / "model" / "trained.safetensors"
-        if not self.weights.is_file():
-            raise ConfigError(f"runs: {self.folder} has no model/trained.safetensors (not a finished aotpt.train run)")
-        self.meta = json.loads(self.weights.with_suffix(".json").read_text())
+        self.weights, self.meta = read_run(self.folder, "runs")
         self.task = self.meta["task"]
         self.device = device
         self.tokenizer = load_tokenizer(self.meta["backbone"])
