@@ -20,6 +20,7 @@ from torch import nn
 from transformers.activations import ACT2FN
 
 from aotpt.errors import ConfigError
+from aotpt.methods._shared import at_least, one_of, probability
 
 # A dense table above this size is refused: use kron or fc instead.
 DENSE_MAX_BYTES = 2 * 1024**3
@@ -32,8 +33,7 @@ class ReparamConfig:
     dropout: float = 0.0  # on the rank-space activations (kron: r², fc: r); 0 keeps rows exact
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"reparam.dropout={self.dropout} must be in [0, 1)")
+        probability("reparam.dropout", self.dropout)
 
 
 @dataclass
@@ -42,8 +42,7 @@ class KronConfig(ReparamConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1:
-            raise ConfigError(f"reparam.rank={self.rank} must be >= 1")
+        at_least("reparam.rank", self.rank, 1)
 
     def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> KronReparam:
         return KronReparam(word_embeddings.num_embeddings, num_layers, hidden, self.rank, self.dropout)
@@ -56,10 +55,8 @@ class FcConfig(ReparamConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.rank < 1:
-            raise ConfigError(f"reparam.rank={self.rank} must be >= 1")
-        if self.activation not in ACT2FN:
-            raise ConfigError(f"unknown reparam.activation={self.activation!r}; accepted: {', '.join(sorted(ACT2FN))}")
+        at_least("reparam.rank", self.rank, 1)
+        one_of("reparam.activation", self.activation, ACT2FN)
 
     def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> FcReparam:
         return FcReparam(word_embeddings, num_layers, hidden, self.rank, self.activation, self.dropout)
