@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from aotpt import __version__
 from aotpt.atomic import atomic_open, atomic_path
 from aotpt.backbones import count_params, freeze_except, load_backbone
-from aotpt.errors import AotptError, ConfigError
+from aotpt.errors import AotptError, ConfigError, unreadable
 from aotpt.methods import MethodConfig, method_of
 
 
@@ -130,18 +130,28 @@ def read_run(run_dir: str | Path, option: str) -> tuple[Path, dict]:
         raise ConfigError(
             f"{option}={run_dir} has no model/trained.safetensors (+ .json): not a finished python -m aotpt.train run"
         )
-    return weights, json.loads(weights.with_suffix(".json").read_text())
+    return weights, _read_json(weights.with_suffix(".json"))
 
 
 def load_trained(model: TaskModel, path: Path) -> dict:
     """Load tensors saved by `save_trained`; refuses a file whose keys are not exactly the model's trainable ones."""
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type for a bad header or a short file
+        raise unreadable(path, "trained-weights file", err) from None
     if sorted(state) != model.trainable:
         missing = sorted(set(model.trainable) - set(state))[:3]
         extra = sorted(set(state) - set(model.trainable))[:3]
         raise AotptError(f"{path}: trained tensors do not match the model (missing {missing}, unexpected {extra})")
     model.load_state_dict(state, strict=False)
-    return json.loads(path.with_suffix(".json").read_text())
+    return _read_json(path.with_suffix(".json"))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise unreadable(path, "metadata file", err) from None
 
 
 def _jsonable(obj):
