@@ -24,9 +24,10 @@ checkpoint taken at an epoch's end or in the middle of one:
   `set_epoch`, and worker processes fetch indices as soon as the iterator
   exists, so the resumed epoch used to run in epoch 0's order whenever
   `num_workers > 0` (the divergence of issue #10 point 2).
-- `StepSeed` reseeds every RNG from (seed, epoch, batch, rank) before each
-  training step, so dropout masks do not depend on what ran before in this
-  process (a restart, a validation, a worker start).
+- `ExactResume` reseeds every RNG from (seed, epoch, batch, rank) before
+  each training step, so dropout masks do not depend on what ran before in
+  this process (a restart, a validation, a worker start), and hands the
+  loader its saved position where Lightning drops it (Lightning #20550).
 
 torchdata's StatefulDataLoader would replace `ResumableLoader`, but it is a
 second copy of torch's loader internals (it warns on torch 2.13), it still
@@ -183,17 +184,38 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)  # CPU and every CUDA device
 
 
-class StepSeed(L.Callback):
-    """Reseed every RNG from (seed, epoch, batch, rank) just before each training step.
+class ExactResume(L.Callback):
+    """Reseeds every RNG before each training step, and puts a resumed train loader where the checkpoint left it.
 
-    Dropout masks are then a function of where the step is in the run, not of
-    how this process got there (restarted from a mid-epoch checkpoint,
-    validated, started workers). The rank enters so that DDP processes draw
-    different masks, as independent batches should.
+    Seeds come from (seed, epoch, batch, rank): dropout masks are then a
+    function of where the step is in the run, not of how this process got
+    there (restarted from a mid-epoch checkpoint, validated, started workers).
+    The rank enters so that DDP processes draw different masks, as
+    independent batches should.
+
+    The loader position: Lightning restores a stateful loader only if it
+    builds the loader after reading the checkpoint, but `configure_optimizers`
+    asks for `estimated_stepping_batches` (the LR schedule), which builds it
+    before, and the saved position is then dropped (Lightning issue #20550).
+    It is applied here instead, at `on_train_start`, before the first batch
+    (the loader starts its iterator lazily); a second application is harmless.
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
+        self._loader_states: list[dict] = []
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        self._loader_states = fit_loop.get("state_dict", {}).get("combined_loader", [])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loaders = trainer.train_dataloader
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        resumable = [loader for loader in loaders if isinstance(loader, ResumableLoader)]
+        for loader, state in zip(resumable, self._loader_states, strict=False):
+            loader.load_state_dict(state)
+        self._loader_states = []
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         seed_all(derive_seed(self.seed, "step", trainer.current_epoch, batch_idx, trainer.global_rank))

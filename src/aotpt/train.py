@@ -37,7 +37,7 @@ from aotpt.loggers import build_loggers
 from aotpt.model import save_trained
 from aotpt.module import TaskModule
 from aotpt.results import ResultsWriter
-from aotpt.resume import AtomicCheckpointIO, StepSeed, resume_path
+from aotpt.resume import AtomicCheckpointIO, ExactResume, resume_path
 from aotpt.rundir import RunLock, stored_result
 
 register_resolvers()  # ${aotpt.run_subdir:} in conf/hydra: the run folder, computed (and checked) before it exists
@@ -150,7 +150,7 @@ def _train(cfg: DictConfig, output_dir: Path, ident: dict) -> dict:
         results.summary = module.summary()
         results.write()
         loggers = build_loggers(cfg.logger)
-        callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + [results, StepSeed(cfg.seed)]
+        callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + [results, ExactResume(cfg.seed)]
         if not loggers:  # it only logs, and Lightning refuses it without a logger (logger=none)
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
