@@ -70,9 +70,9 @@ def test_step_changes_only_aot_and_head(model, reparam):
 
 
 def _reference_forward(backbone, table: torch.Tensor, ids, mask) -> torch.Tensor:
-    """Embeddings, + P_1[x], layer 1, + P_2[x], ... written out per family."""
+    """Embeddings, + P_1[x], layer 1, + P_2[x], ... written out per family; padded positions get no bias."""
     L, d = len(encoder_layers(backbone)), backbone.config.hidden_size
-    bias = table[ids].view(*ids.shape, L, d)  # (B, n, L, d)
+    bias = (table[ids] * mask[..., None]).view(*ids.shape, L, d)  # (B, n, L, d)
     h = backbone.embeddings(input_ids=ids, **({"mask": mask} if hasattr(backbone.encoder, "rel_embeddings") else {}))
     if backbone.config.model_type == "deberta-v2":
         enc = backbone.encoder
@@ -192,4 +192,32 @@ def test_model_copies_after_a_training_forward():
 def test_changed_modules_name_every_hooked_layer(model):
     _, tm = _backbone_and_model(model, "kron")
     layers = [f"encoder.layer.{i}" for i in range(1, len(encoder_layers(tm.backbone)))]
-    assert tm.changed_modules == ["embeddings", "encoder", *layers, "aot"]
+    assert tm.changed_modules == ["<root>", "encoder", *layers, "aot"]
+
+
+PAD_ID = 0  # MiniLM's tokenizer pads with id 0; the tiny configs set pad_token_id to match
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_padding_does_not_reach_real_tokens(model):
+    """A row alone and the same row padded in a batch give the same outputs, even with a huge bias row for the pad id.
+
+    DeBERTa-v2's convolution beside layer 1 reads neighbouring positions: a bias on padded positions would
+    reach the last real tokens. Padding sits right after the last real token, where the convolution reads it.
+    """
+    _, tm = _backbone_and_model(model, "dense")
+    with torch.no_grad():
+        tm.backbone.aot.source.P.normal_(0, 0.5)
+        tm.backbone.aot.source.P[PAD_ID] = 100.0
+    g = torch.Generator().manual_seed(3)
+    row = torch.randint(1000, VOCAB, (1, 6), generator=g)
+    longer = torch.randint(1000, VOCAB, (1, 11), generator=g)
+    padded = torch.cat([torch.cat([row, torch.full((1, 5), PAD_ID)], 1), longer])  # (2, 11)
+    mask = torch.ones_like(padded)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        alone = tm.backbone(input_ids=row, attention_mask=torch.ones_like(row)).last_hidden_state
+        batched = tm.backbone(input_ids=padded, attention_mask=mask).last_hidden_state
+        logits_alone, logits_batched = tm(row, torch.ones_like(row)), tm(padded, mask)
+    torch.testing.assert_close(batched[0, :6], alone[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits_batched[0], logits_alone[0], rtol=0, atol=1e-5)
