@@ -45,9 +45,19 @@ BACKBONE_SEED = 0
 TOL = {"fp16": {"rtol": 1e-3, "atol": 1e-4}, "bf16": {"rtol": 8e-3, "atol": 1e-3}}  # half an ulp and then some
 
 
-def make_run(root: Path, task: str, reparam: str | None = "kron", weights_seed: int = 1, model: str = "tiny_bert"):
-    """A run folder holding model/trained.safetensors + trained.json; returns (run_dir, the TaskModel in eval mode)."""
+def make_run(
+    root: Path,
+    task: str,
+    reparam: str | None = "kron",
+    weights_seed: int = 1,
+    model: str = "tiny_bert",
+    random_init: dict | None = None,
+):
+    """A run folder holding model/trained.safetensors + trained.json; returns (run_dir, the TaskModel in eval mode).
+
+    `random_init` replaces the model config's architecture (other shapes than the tiny ones)."""
     conf, spec = model_conf(model), get_task(task)
+    conf["random_init"] = random_init or conf["random_init"]
     if reparam is None:
         method, method_conf = FinetuneConfig(), {"_target_": "aotpt.methods.finetune.FinetuneConfig"}
     else:

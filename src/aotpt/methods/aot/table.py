@@ -12,7 +12,9 @@ live is the serving mode (DESIGN §1 "Memory"), each a bias source for AotHooks:
     onthefly : each task's reparameterisation (kept in the artifact) computes
                the rows it is asked for; an LRU cache of rows avoids recomputing
 
-All three return the same rows: the fp32 reparam rows cast to the table dtype.
+All three return the same rows, bit for bit: the fp32 reparam rows cast to
+the table dtype, computed in the same fixed-size blocks (`Reparam.rows_blocked`)
+ahead of time and on the fly. Key T·|V| (`zero_key`, padding) reads zeros.
 """
 
 from __future__ import annotations
@@ -141,14 +143,18 @@ class _Stacked(nn.Module):
         self.num_layers, self.hidden = first["num_layers"], first["hidden_size"]
         self.dtype = artifacts[0].dtype
 
-    def _empty_table(self, **where) -> torch.Tensor:
-        return torch.empty(self.num_tasks * self.vocab_size, self.num_layers * self.hidden, dtype=self.dtype, **where)
+    @property
+    def zero_key(self) -> int:
+        """The key of the all-zero row that padded positions read: one past the last task's rows."""
+        return self.num_tasks * self.vocab_size
 
     def _stack(self, artifacts: list[Artifact], **where) -> torch.Tensor:
-        """The tasks' tables one after another: rows t·|V| .. (t+1)·|V| hold task t (T·|V|, L*d)."""
-        table = self._empty_table(**where)
+        """The tasks' tables one after another, then one zero row: rows t·|V| .. (t+1)·|V| hold task t
+        (T·|V| + 1, L*d)."""
+        table = torch.empty(self.zero_key + 1, self.num_layers * self.hidden, dtype=self.dtype, **where)
         for t, artifact in enumerate(artifacts):
             artifact.copy_table_into(table[t * self.vocab_size : (t + 1) * self.vocab_size])
+        table[self.zero_key].zero_()
         return table
 
     def held_bytes(self) -> dict[str, int]:
@@ -209,11 +215,13 @@ class OnTheFlyRows(_Stacked):
         self.hits = self.misses = 0
 
     def _compute(self, keys: torch.Tensor) -> torch.Tensor:
-        out = torch.empty(len(keys), self.cache.shape[1], dtype=self.dtype, device=keys.device)
+        """Rows of `keys` (N,) from each task's reparameterisation, exactly as export computed them."""
+        out = torch.zeros(len(keys), self.cache.shape[1], dtype=self.dtype, device=keys.device)  # zero_key stays 0
         task, token = keys // self.vocab_size, keys % self.vocab_size  # (N,), (N,)
         for t in task.unique().tolist():
-            sel = task == t
-            out[sel] = self.reparams[t].rows(token[sel]).to(self.dtype)
+            if t < self.num_tasks:
+                sel = task == t
+                out[sel] = self.reparams[t].rows_blocked(token[sel], self.dtype)
         return out
 
     def _store(self, keys: list[int], rows: torch.Tensor) -> None:
