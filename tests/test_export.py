@@ -36,9 +36,9 @@ from aotpt.tasks import get_task
 from conftest import FIXTURES, REPO, model_conf
 
 REPARAMS = {
-    "kron": {"_target_": "aotpt.methods.aot.reparam.KronConfig", "rank": 4, "dropout": 0.0},
-    "fc": {"_target_": "aotpt.methods.aot.reparam.FcConfig", "rank": 8, "activation": "gelu", "dropout": 0.0},
-    "dense": {"_target_": "aotpt.methods.aot.reparam.DenseConfig", "dropout": 0.0},
+    "kron": {"name": "kron", "rank": 4, "dropout": 0.0},
+    "fc": {"name": "fc", "rank": 8, "activation": "gelu", "dropout": 0.0},
+    "dense": {"name": "dense", "dropout": 0.0},
 }
 _CLASSES = {"kron": KronConfig, "fc": FcConfig, "dense": DenseConfig}
 BACKBONE_SEED = 0
@@ -59,11 +59,11 @@ def make_run(
     conf, spec = model_conf(model), get_task(task)
     conf["random_init"] = random_init or conf["random_init"]
     if reparam is None:
-        method, method_conf = FinetuneConfig(), {"_target_": "aotpt.methods.finetune.FinetuneConfig"}
+        method, method_conf = FinetuneConfig(), {"name": "finetune"}
     else:
-        params = {k: v for k, v in REPARAMS[reparam].items() if k != "_target_"}
+        params = {k: v for k, v in REPARAMS[reparam].items() if k != "name"}
         method = AotConfig(reparam=_CLASSES[reparam](**params))
-        method_conf = {"_target_": "aotpt.methods.aot.AotConfig", "reparam": REPARAMS[reparam]}
+        method_conf = {"name": "aot", "reparam": REPARAMS[reparam]}
     torch.manual_seed(BACKBONE_SEED)
     tm = build_model(conf["pretrained"], method, spec.num_labels, conf["random_init"]).eval()
     g = torch.Generator().manual_seed(weights_seed)

@@ -34,10 +34,10 @@ from aotpt.backbones import count_params, load_backbone
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.errors import choices
 from aotpt.export import export
+from aotpt.methods import method_config, setup_name
 from aotpt.methods.aot.hooks import gather_bias
 from aotpt.methods.aot.table import Artifact
 from aotpt.model import build_model, save_trained
-from aotpt.module import instantiate_method
 from aotpt.serving import MultiTaskPredictor
 from aotpt.tasks import get_task
 
@@ -82,7 +82,7 @@ def train_step(cfg: DictConfig) -> dict:
     models, optimizers = {}, {}
     for name, method in cfg.methods.items():
         torch.manual_seed(0)
-        models[name] = build_model(cfg.model.pretrained, instantiate_method(method), 2, cfg.model.random_init)
+        models[name] = build_model(cfg.model.pretrained, method_config(method), 2, cfg.model.random_init)
         models[name].to(device).train()
         optimizers[name] = torch.optim.AdamW([p for p in models[name].parameters() if p.requires_grad], lr=1e-4)
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -156,7 +156,7 @@ def _random_run(run_dir: Path, backbone: dict, task: str, method: dict, seed: in
     """A run folder as `aotpt.train` writes it, with random AoT weights (std 0.02) and head."""
     spec = get_task(task)
     torch.manual_seed(seed)
-    model = build_model(RANDOM_BACKBONE, instantiate_method(method), spec.num_labels, backbone)
+    model = build_model(RANDOM_BACKBONE, method_config(method), spec.num_labels, backbone)
     with torch.no_grad():
         for name in model.trainable:
             model.get_parameter(name).normal_(0, 0.02)
@@ -194,7 +194,7 @@ def serving(cfg: DictConfig) -> dict:
                 path = export(Path(tmp) / task, sc.dtype, sc.chunk_rows)
                 seconds = time.perf_counter() - start
             artifacts.append(Artifact.load(path))
-            reparam = method["reparam"]["_target_"].rsplit(".", 1)[-1]
+            reparam = setup_name(method)
             exports[task] = {"reparam": reparam, "export_s": seconds, "peak_bytes": mem["peak_bytes"]}
             exports[task]["file_bytes"] = path.stat().st_size
             log.info("export %s (%s): %.1f s, peak %.2f GB", task, reparam, seconds, mem["peak_bytes"] / 1e9)

@@ -27,9 +27,9 @@ from aotpt import __version__
 from aotpt.atomic import atomic_path, write_json_atomic
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.errors import AotptError, ConfigError, choices
+from aotpt.methods import method_config
 from aotpt.methods.aot.table import DTYPES, FORMAT, compile_tensors
 from aotpt.model import build_model, load_trained, read_run
-from aotpt.module import instantiate_method
 
 
 def export(run_dir: str | Path, dtype: str = "fp16", chunk_rows: int = 4096, output: str | Path | None = None) -> Path:
@@ -39,7 +39,7 @@ def export(run_dir: str | Path, dtype: str = "fp16", chunk_rows: int = 4096, out
     if chunk_rows < 1:
         raise ConfigError(f"chunk_rows={chunk_rows} must be a positive integer")
     trained, meta = read_run(run_dir, "run_dir")
-    method = instantiate_method(meta["method"])
+    method = method_config(meta["method"])
     if type(method).name != "aot":
         raise AotptError(f"run_dir={run_dir} was trained with method={type(method).name}; only method=aot compiles")
 

@@ -9,50 +9,19 @@ and score, and their metrics group the gathered rows by question.
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections import defaultdict
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from aotpt.data.datamodule import MODEL_INPUTS
 from aotpt.errors import AotptError, ConfigError
-from aotpt.methods import METHODS
+from aotpt.methods import method_config
 from aotpt.model import TaskModel, build_model, describe
 from aotpt.tasks import TaskSpec, get_task
 from aotpt.tasks.metrics import compute_metrics
-
-
-def instantiate_method(method: dict):
-    """The method's config dataclass from its YAML; an unknown key is a one-line error."""
-    try:
-        return instantiate(OmegaConf.create(method), _convert_="object")
-    except Exception as err:  # hydra wraps the dataclass TypeError in its own exception
-        cause = err.__cause__ or err
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
-        config_cls = _target_class(method.get("_target_", ""))
-        if unknown and config_cls is not None:
-            name, options = config_cls.name, sorted(f.name for f in dataclasses.fields(config_cls))
-            if unknown.group(1) == "reparam":
-                raise ConfigError(f"reparam= only applies to method=aot, not method={name}; drop reparam=") from None
-            raise ConfigError(
-                f"method={name} has no option method.{unknown.group(1)}; its options: {', '.join(options) or 'none'}"
-            ) from None
-        raise ConfigError(f"bad method options {method}: {cause}".replace("\n", " ")) from None
-
-
-def _target_class(target: str):
-    """The registered method config class named by a `_target_` path, if any."""
-    return next(
-        (m.config for m in METHODS.values() if f"{m.config.__module__}.{m.config.__qualname__}" == target), None
-    )
 
 
 class TaskModule(L.LightningModule):
@@ -64,7 +33,7 @@ class TaskModule(L.LightningModule):
         self.spec: TaskSpec = get_task(task)
         self.net: TaskModel = build_model(
             model["pretrained"],
-            instantiate_method(method),
+            method_config(method),
             self.spec.num_labels,
             random_init=model.get("random_init"),
             head_dropout=optim.get("head_dropout", 0.1),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,8 +33,9 @@ ROW_BLOCK = 16
 
 @dataclass
 class ReparamConfig:
-    """Fields shared by every reparameterisation."""
+    """Fields shared by every reparameterisation; `name` is its registry name (`REPARAMS`, `reparam=`)."""
 
+    name: ClassVar[str]
     dropout: float = 0.0  # on the rank-space activations (kron: r², fc: r); 0 keeps rows exact
 
     def __post_init__(self) -> None:
@@ -42,6 +44,7 @@ class ReparamConfig:
 
 @dataclass
 class KronConfig(ReparamConfig):
+    name: ClassVar[str] = "kron"
     rank: int = 16  # r: W_R has r² rows
 
     def __post_init__(self) -> None:
@@ -54,6 +57,7 @@ class KronConfig(ReparamConfig):
 
 @dataclass
 class FcConfig(ReparamConfig):
+    name: ClassVar[str] = "fc"
     rank: int = 64  # r: width of the bottleneck between E (d) and P (L·d)
     activation: str = "relu"  # f, any name in transformers.activations.ACT2FN
 
@@ -68,6 +72,8 @@ class FcConfig(ReparamConfig):
 
 @dataclass
 class DenseConfig(ReparamConfig):
+    name: ClassVar[str] = "dense"
+
     def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> DenseReparam:
         vocab = word_embeddings.num_embeddings
         need = vocab * num_layers * hidden * 4
@@ -78,6 +84,10 @@ class DenseConfig(ReparamConfig):
                 "use reparam=kron or reparam=fc"
             )
         return DenseReparam(vocab, num_layers, hidden)
+
+
+# The reparameterisation registry: `reparam=<name>` and the `name` stored in run records and artifacts.
+REPARAMS: dict[str, type[ReparamConfig]] = {cls.name: cls for cls in (KronConfig, FcConfig, DenseConfig)}
 
 
 class Reparam(nn.Module):

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from safetensors import safe_open
 from torch import nn
 from transformers import PreTrainedModel
 
 from aotpt.backbones import layout
 from aotpt.errors import AotptError, choices
+from aotpt.methods import reparam_config
 
 FORMAT = "aotpt-aot-table/1"
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -118,12 +118,12 @@ class Artifact:
     def reparam(self, backbone: PreTrainedModel) -> nn.Module:
         """The task's reparameterisation, rebuilt on `backbone` (fc reads its word embeddings) with stored weights."""
         weights = self.tensors("reparam")
+        reparam_cfg = reparam_config(self.meta["method"]["reparam"])
         if not weights:
             raise AotptError(
-                f"{self.path}: holds no reparam weights (reparam={self.meta['method']['reparam']['_target_']} "
-                "weights are as large as the table); serve it with mode=device or mode=host"
+                f"{self.path}: holds no reparam weights (reparam={reparam_cfg.name} weights are as large as the "
+                "table); serve it with mode=device or mode=host"
             )
-        reparam_cfg = instantiate(self.meta["method"]["reparam"], _convert_="object")
         word_embeddings = backbone.get_submodule(layout(backbone).word_embeddings)
         source = reparam_cfg.build(self.meta["num_layers"], self.meta["hidden_size"], word_embeddings)
         source.load_state_dict(weights)
