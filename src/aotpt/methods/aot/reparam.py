@@ -22,6 +22,7 @@ from transformers.activations import ACT2FN
 
 from aotpt.errors import ConfigError
 from aotpt.methods._shared import at_least, one_of, probability
+from aotpt.methods.aot.hooks import UniqueRows
 
 # A dense table above this size is refused: use kron or fc instead.
 DENSE_MAX_BYTES = 2 * 1024**3
@@ -36,10 +37,15 @@ class ReparamConfig:
     """Fields shared by every reparameterisation; `name` is its registry name (`REPARAMS`, `reparam=`)."""
 
     name: ClassVar[str]
+    needs_embeddings: ClassVar[bool] = False  # does `build` read the backbone's word embeddings (fc)?
     dropout: float = 0.0  # on the rank-space activations (kron: r², fc: r); 0 keeps rows exact
 
     def __post_init__(self) -> None:
         probability("reparam.dropout", self.dropout)
+
+    def build(self, num_layers: int, hidden: int, vocab_size: int, word_embeddings: nn.Embedding | None = None):
+        """The trainable bias source for a backbone of `num_layers` x `hidden` and `vocab_size` token ids."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -51,13 +57,14 @@ class KronConfig(ReparamConfig):
         super().__post_init__()
         at_least("reparam.rank", self.rank, 1)
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> KronReparam:
-        return KronReparam(word_embeddings.num_embeddings, num_layers, hidden, self.rank, self.dropout)
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> KronReparam:
+        return KronReparam(vocab_size, num_layers, hidden, self.rank, self.dropout)
 
 
 @dataclass
 class FcConfig(ReparamConfig):
     name: ClassVar[str] = "fc"
+    needs_embeddings: ClassVar[bool] = True
     rank: int = 64  # r: width of the bottleneck between E (d) and P (L·d)
     activation: str = "relu"  # f, any name in transformers.activations.ACT2FN
 
@@ -66,7 +73,9 @@ class FcConfig(ReparamConfig):
         at_least("reparam.rank", self.rank, 1)
         one_of("reparam.activation", self.activation, ACT2FN)
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> FcReparam:
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> FcReparam:
+        if word_embeddings is None or word_embeddings.num_embeddings != vocab_size:
+            raise ConfigError(f"reparam=fc reads the backbone's word embeddings ({vocab_size} rows): pass them")
         return FcReparam(word_embeddings, num_layers, hidden, self.rank, self.activation, self.dropout)
 
 
@@ -74,8 +83,8 @@ class FcConfig(ReparamConfig):
 class DenseConfig(ReparamConfig):
     name: ClassVar[str] = "dense"
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> DenseReparam:
-        vocab = word_embeddings.num_embeddings
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> DenseReparam:
+        vocab = vocab_size
         need = vocab * num_layers * hidden * 4
         if need > DENSE_MAX_BYTES:
             raise ConfigError(
@@ -90,7 +99,7 @@ class DenseConfig(ReparamConfig):
 REPARAMS: dict[str, type[ReparamConfig]] = {cls.name: cls for cls in (KronConfig, FcConfig, DenseConfig)}
 
 
-class Reparam(nn.Module):
+class Reparam(UniqueRows, nn.Module):
     """A bias source: rows of P for given token ids, without building P."""
 
     def __init__(self, vocab_size: int, num_layers: int, hidden: int) -> None:
