@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 ARGS ?=
 
-.PHONY: install test test-full train sweep export predict submit report bench bench-serving lint format clean
+.PHONY: install test test-full test-gpu train sweep export predict submit report bench bench-serving lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test:  ## fast suite: unit tests + short MiniLM runs on real data (~minutes, CPU
 
 test-full:  ## everything except GPU tests, slow learning checks included
 	WANDB_MODE=disabled $(BIN)/pytest -m "not gpu" -q
+
+test-gpu:  ## the CUDA cases of the device-parametrised tests (they skip without a CUDA device)
+	WANDB_MODE=disabled $(BIN)/pytest -m gpu -q -rs
 
 train:  ## e.g. make train ARGS="task=mrpc method=aot reparam=fc"
 	$(BIN)/python -m aotpt.train data_dir=$(DATA_DIR) $(ARGS)

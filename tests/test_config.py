@@ -11,8 +11,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from aotpt.cli import CONF_DIR, check_overrides, group_options
 from aotpt.errors import AotptError, ConfigError
-from aotpt.methods import METHODS
-from aotpt.module import instantiate_method
+from aotpt.methods import METHODS, method_config, options_of, setup_name
 from aotpt.tasks import TASKS
 from conftest import compose_train
 
@@ -71,31 +70,31 @@ def test_every_model_task_method_reparam_composes():
 
 
 def _check_composed(cfg, model: str, task: str, method: str, reparam: str | None) -> None:
-    method_cfg = instantiate_method(cfg.method)
+    method_cfg = method_config(cfg.method)
     assert type(method_cfg).name == method
     assert cfg.task.name == task and cfg.model.name == model
     if reparam:
-        assert type(method_cfg.reparam).__name__.lower().startswith(reparam)
+        assert method_cfg.reparam.name == reparam
 
 
 @pytest.mark.parametrize("experiment", group_options("experiment"))
 def test_every_experiment_composes(tmp_path, experiment):
     cfg = compose_train([f"experiment={experiment}"], tmp_path)
-    instantiate_method(cfg.method)
+    method_config(cfg.method)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "aot"])
 def test_reparam_with_another_method_is_refused(tmp_path, method):
     cfg = compose_train([f"method={method}", "reparam=fc"], tmp_path)
     with pytest.raises(ConfigError, match=f"reparam= only applies to method=aot, not method={method}") as err:
-        instantiate_method(cfg.method)
+        method_config(cfg.method)
     assert "\n" not in str(err.value)
 
 
 def test_unknown_method_option_lists_the_accepted_ones(tmp_path):
     cfg = compose_train(["method=lora", "+method.rnk=4"], tmp_path)
     with pytest.raises(ConfigError, match="method=lora has no option method.rnk; its options: alpha, dropout, rank"):
-        instantiate_method(cfg.method)
+        method_config(cfg.method)
 
 
 def test_non_aot_method_has_no_reparam(tmp_path):
@@ -106,7 +105,7 @@ def test_non_aot_method_has_no_reparam(tmp_path):
 def test_bad_reparam_value_is_one_line(tmp_path):
     cfg = compose_train(["reparam=kron", "method.reparam.rank=0"], tmp_path)
     with pytest.raises(ConfigError, match=r"reparam.rank=0 must be >= 1"):
-        instantiate_method(cfg.method)
+        method_config(cfg.method)
 
 
 @pytest.mark.parametrize("arg", ["task=foo", "model=bert_huge", "method=prefix", "reparam=lowrank"])
@@ -119,3 +118,28 @@ def test_unknown_group_choice_lists_accepted_values(arg):
 
 def test_sweeps_and_overrides_pass_the_check():
     check_overrides(["task=rte,mrpc", "optim.lr=1e-3", "reparam=null", "+trainer.foo=1", "seed=1"])
+
+
+def test_unknown_reparam_option_names_its_full_path(tmp_path):
+    cfg = compose_train(["reparam=kron", "+method.reparam.rnak=4"], tmp_path)
+    with pytest.raises(ConfigError, match="reparam=kron has no option method.reparam.rnak; its options: dropout, rank"):
+        method_config(cfg.method)
+
+
+def test_registry_builds_configs_from_names_and_back():
+    """Options hold registry names, never class paths; options_of inverts method_config; setup names come from it."""
+    options = {"name": "aot", "reparam": {"name": "fc", "rank": 32, "activation": "gelu", "dropout": 0.1}}
+    cfg = method_config(options)
+    assert type(cfg).name == "aot" and cfg.reparam.name == "fc" and cfg.reparam.rank == 32
+    assert options_of(cfg) == options and setup_name(options) == "aot/fc" and setup_name({"name": "lora"}) == "lora"
+    for name in METHODS:
+        assert options_of(method_config({"name": name}))["name"] == name
+    legacy = {
+        "_target_": "aotpt.methods.aot.AotConfig",
+        "reparam": {"_target_": "aotpt.methods.aot.reparam.KronConfig"},
+    }
+    assert setup_name(legacy) == "aot/kron" and method_config(legacy).reparam.name == "kron"  # first-format files
+    with pytest.raises(ConfigError, match="unknown method='prefix'; accepted: adapter, aot"):
+        method_config({"name": "prefix"})
+    with pytest.raises(ConfigError, match="unknown reparam='lowrank'; accepted: dense, fc, kron"):
+        method_config({"name": "aot", "reparam": {"name": "lowrank"}})

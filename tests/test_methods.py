@@ -7,8 +7,11 @@ independently of the method code.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from aotpt.methods.lora import LoraConfig
 from aotpt.methods.ptuning_v1 import PtuningV1Config
 from aotpt.model import build_model, load_trained, save_trained
 from conftest import SHARED_DATA, TINY_MODELS, model_conf
+from helpers import record_for
 
 LABELS = 3
 
@@ -106,14 +110,14 @@ def test_save_load_reproduces_logits(tmp_path, method, model):
             if name in tm.trainable:
                 p.add_(torch.randn_like(p) * 0.05)
     path = tmp_path / "trained.safetensors"
-    save_trained(tm, path, {"method": method})
+    save_trained(tm, path, record_for(tm, "rte", {"name": method}, model))
     fresh = _build(method, model).eval()
     ids, mask = _batch(1)
     with torch.no_grad():
         assert not torch.allclose(fresh(ids, mask), tm(ids, mask))
-        meta = load_trained(fresh, path)
+        load_trained(fresh, path)
         torch.testing.assert_close(fresh(ids, mask), tm(ids, mask), rtol=0, atol=1e-6)
-    assert set(load_file(str(path))) == set(tm.trainable) and meta["method"] == method
+    assert set(load_file(str(path))) == set(tm.trainable)
 
 
 def _analytic(method: str, cfg, model: str) -> int:
@@ -283,3 +287,58 @@ def test_ptuning_v1_prompt_follows_the_first_token(model):
     assert got.shape == (*ids.shape, 32)
     real = mask.bool()
     torch.testing.assert_close(got[real], want[real], rtol=1e-5, atol=1e-5)
+
+
+def _moved(method: str, model: str):
+    """A model of `method` whose trained tensors moved away from their initial values (a non-identity model)."""
+    tm = _build(method, model).eval()
+    with torch.no_grad():
+        for name, p in tm.named_parameters():
+            if name in tm.trainable:
+                p.add_(torch.randn_like(p) * 0.05)
+    return tm
+
+
+@pytest.mark.parametrize(("method", "model"), CASES)
+def test_deep_copy_computes_with_its_own_weights(method, model):
+    tm = _moved(method, model)
+    ids, mask = _batch(1)
+    with torch.no_grad():
+        want = tm(ids, mask)
+        twin = copy.deepcopy(tm)
+        for name, p in twin.named_parameters():  # the copy's trained backbone tensors move again, the original's not
+            if name in twin.trainable and name.startswith("backbone."):
+                p.add_(torch.randn_like(p) * 0.05)
+        got = twin(ids, mask)
+        torch.testing.assert_close(tm(ids, mask), want, rtol=0, atol=0)  # the original is untouched
+        reference = _build(method, model).eval()  # a fresh model that carries the copy's weights
+        reference.load_state_dict(twin.state_dict())
+        torch.testing.assert_close(got, reference(ids, mask), rtol=0, atol=1e-6)
+        assert (got - want).abs().max() > 1e-4  # the copy's own weights really changed its output
+
+
+def test_every_method_unpickles_and_runs_in_a_fresh_interpreter(tmp_path):
+    """What a ddp_spawn worker does: unpickle the model in a new process (no registration from the parent)."""
+    ids, mask = _batch(1)
+    expected = {}
+    for method in METHODS:
+        for model in TINY_MODELS:
+            tm = _moved(method, model)
+            with torch.no_grad():
+                expected[f"{method}-{model}"] = tm(ids, mask)
+            torch.save(tm, tmp_path / f"{method}-{model}.pt")
+    torch.save({"ids": ids, "mask": mask, "expected": expected}, tmp_path / "expected.pt")
+    code = f"""
+import torch
+from pathlib import Path
+data = torch.load({str(tmp_path / "expected.pt")!r})
+for name, want in data["expected"].items():
+    tm = torch.load(Path({str(tmp_path)!r}) / f"{{name}}.pt", weights_only=False)
+    with torch.no_grad():
+        got = tm(data["ids"], data["mask"])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6, msg=lambda m: f"{{name}}: {{m}}")
+print("ok", len(data["expected"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["ok", str(len(expected))]

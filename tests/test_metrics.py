@@ -31,6 +31,16 @@ def test_cola_mcc():
     assert out["score"] == out["mcc"]
 
 
+@pytest.mark.parametrize("constant", [0, 1])
+@pytest.mark.parametrize("task", ["cola", "ax"])
+def test_mcc_of_a_constant_predictor_is_exactly_zero(task, constant):
+    """sklearn and the GLUE reference give 0 for any zero denominator; an eps would bias best-epoch choice and the
+    seed means of collapsed runs (torchmetrics gave +-0.0256 on CoLA-dev's class balance: 721 of 1043 acceptable)."""
+    labels = [1] * 721 + [0] * 322 if task == "cola" else [0] * 400 + [1] * 300 + [2] * 404
+    assert compute_metrics(get_task(task), [constant] * len(labels), labels)["mcc"] == 0.0
+    assert compute_metrics(get_task(task), labels, [constant] * len(labels))["mcc"] == 0.0  # constant gold
+
+
 def test_ax_three_class_mcc():
     # R_K: (c·s − Σ p_k t_k) / sqrt((s² − Σ p_k²)(s² − Σ t_k²)); c 4, s 6, t (2,2,2), p (2,3,1)
     out = compute_metrics(get_task("ax"), [0, 1, 1, 1, 2, 0], [0, 0, 1, 1, 2, 2])

@@ -14,7 +14,7 @@ from aotpt import report
 from aotpt.errors import ConfigError
 from aotpt.tasks import benchmark_tasks
 
-AOT = {"_target_": "aotpt.methods.aot.AotConfig", "reparam": {"_target_": "aotpt.methods.aot.reparam.KronConfig"}}
+AOT = {"name": "aot", "reparam": {"name": "kron", "rank": 16}}
 
 
 def fake_run(root, task, seed, best, status="completed", method=AOT):
@@ -32,7 +32,7 @@ def test_scores_are_means_over_metrics_seeds_and_tasks(tmp_path):
     fake_run(tmp_path, "copa", 1, {"choice_acc": 0.6, "score": 0.6})
     fake_run(tmp_path, "ax", 1, {"mcc": 0.3, "score": 0.3})  # a diagnostic: not in the GLUE score
     fake_run(tmp_path, "rte", 3, {"acc": 0.1, "score": 0.1}, status="failed")  # ignored
-    fake_run(tmp_path, "rte", 4, {"acc": 0.9, "score": 0.9}, method={"_target_": "aotpt.methods.x.FinetuneConfig"})
+    fake_run(tmp_path, "rte", 4, {"acc": 0.9, "score": 0.9}, method={"name": "finetune"})
     out = report.run(OmegaConf.create({"runs_dir": str(tmp_path), "out": None, "status": "completed"}))
     aot = out["minilm aot/kron"]
     mrpc = aot["tasks"]["mrpc"]

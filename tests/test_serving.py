@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -13,10 +14,15 @@ from aotpt import bench
 from aotpt.backbones import load_backbone, load_tokenizer
 from aotpt.cli import CONF_DIR
 from aotpt.errors import AotptError
-from aotpt.methods.aot.table import Artifact
+from aotpt.export import export
+from aotpt.methods import aot
+from aotpt.methods.aot import AotConfig
+from aotpt.methods.aot.artifact import Artifact
+from aotpt.model import save_trained
+from aotpt.record import read_run
 from aotpt.serving import MultiTaskPredictor
-from conftest import model_conf
-from test_export import TEXTS, batch, export_seeded, make_run, plain_backbone
+from conftest import REPO, model_conf
+from helpers import TEXTS, batch, make_run, plain_backbone
 
 # three tasks of different heads: 2 labels (kron), 3 labels (fc), regression (kron)
 TASKS = (("rte", "kron", 1), ("cb", "fc", 2), ("stsb", "kron", 3))
@@ -38,14 +44,14 @@ def three_tasks(tmp_path_factory):
     artifacts, models = [], {}
     for task, reparam, seed in TASKS:
         run_dir, tm = make_run(root, task, reparam, weights_seed=seed)
-        artifacts.append(Artifact.load(export_seeded(run_dir)))
+        artifacts.append(Artifact.load(export(run_dir)))
         models[task] = tm
     return artifacts, models, load_tokenizer(model_conf("tiny_bert")["pretrained"]), plain_backbone(tm)
 
 
 def _predictor(three_tasks, mode="device", **kwargs) -> MultiTaskPredictor:
     artifacts, _, _, backbone = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     return MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, mode, **kwargs)
 
 
@@ -94,10 +100,10 @@ def test_three_serving_modes_agree_and_report_memory(three_tasks):
         predictor = _predictor(three_tasks, mode, cache_rows=16)  # fewer rows than one batch's unique tokens
         outputs[mode] = [torch.cat(_logits(predictor, tokenizer, ROWS)) for _ in range(2)]
         held[mode] = predictor.held_bytes()
-    for mode in ("host", "onthefly"):
+    for mode in ("host", "onthefly"):  # the same rows bit for bit, so the same logits
         for got, want in zip(outputs[mode], outputs["device"], strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
-    table = 3 * 30522 * 2 * 32 * 2  # tasks x |V| x L*d x fp16
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    table = (3 * 30522 + 1) * 2 * 32 * 2  # (tasks x |V| + the zero row for padding) x L*d x fp16
     assert held["device"] == {"device_table": table, "host_table": 0, "weights": 0, "cache": 0}
     assert held["host"] == {"device_table": 0, "host_table": table, "weights": 0, "cache": 0}
     assert held["onthefly"]["cache"] == 16 * 2 * 32 * 2 and 0 < held["onthefly"]["weights"] < table
@@ -118,7 +124,7 @@ def test_onthefly_cache_hits_repeated_rows(three_tasks):
 
 def test_wrong_backbone_is_refused(three_tasks):
     artifacts, _, _, _ = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     roberta = load_backbone(model_conf("tiny_roberta")["pretrained"], model_conf("tiny_roberta")["random_init"])
     with pytest.raises(AotptError, match=r"compiled for model_type='bert' .* has model_type='roberta'"):
         MultiTaskPredictor(roberta, artifacts, fingerprint, name="tiny_roberta")
@@ -131,7 +137,7 @@ def test_wrong_backbone_is_refused(three_tasks):
 
 def test_wrong_vocabulary_is_refused(three_tasks):
     artifacts, _, _, backbone = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     with pytest.raises(AotptError, match=f"tokenizer_fingerprint='{fingerprint}'.*'0123456789abcdef'"):
         MultiTaskPredictor(copy.deepcopy(backbone), artifacts, "0123456789abcdef")
     small = load_backbone(
@@ -143,14 +149,14 @@ def test_wrong_vocabulary_is_refused(three_tasks):
 
 def test_bad_combinations_are_refused(three_tasks, tmp_path):
     artifacts, _, _, backbone = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     with pytest.raises(AotptError, match="two artifacts for task 'rte'"):
         MultiTaskPredictor(copy.deepcopy(backbone), [artifacts[0], artifacts[0]], fingerprint)
     with pytest.raises(AotptError, match="unknown mode='gpu'; accepted: device, host, onthefly"):
         MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, "gpu")
     with pytest.raises(AotptError, match="unknown task='mnli'; loaded: rte, cb, stsb"):
         _predictor(three_tasks).task_id("mnli")
-    dense = Artifact.load(export_seeded(make_run(tmp_path, "wnli", "dense")[0]))
+    dense = Artifact.load(export(make_run(tmp_path, "wnli", "dense")[0]))
     with pytest.raises(AotptError, match="holds no reparam weights .* serve it with mode=device or mode=host"):
         MultiTaskPredictor(copy.deepcopy(backbone), [dense], fingerprint, "onthefly")
 
@@ -172,10 +178,122 @@ def test_bench_serving_suite_runs_on_a_tiny_backbone(tmp_path):
         cfg = compose("bench", overrides=overrides)
     result = bench.run(cfg)
     assert set(result["modes"]) == {"bare", "device", "host", "onthefly"}
-    table = 500 * 2 * 32 * 2  # |V| x L*d x fp16, per task
-    assert result["modes"]["device"]["device_table"] == result["modes"]["host"]["host_table"] == 2 * table
+    table = (2 * 500 + 1) * 2 * 32 * 2  # (tasks x |V| + the zero row for padding) x L*d x fp16
+    assert result["modes"]["device"]["device_table"] == result["modes"]["host"]["host_table"] == table
     assert all(row["export_s"] > 0 and row["peak_bytes"] >= 0 for row in result["exports"].values())
     assert (tmp_path / "bench_serving.json").is_file()
     assert {p.name for p in tmp_path.glob("bench_serving_*.json")} == {
         f"bench_serving_{m}.json" for m in result["modes"]
     }
+
+
+@pytest.mark.parametrize("model", ["tiny_bert", "tiny_roberta", "tiny_deberta"])
+def test_a_row_does_not_depend_on_the_padding_of_its_batch(tmp_path, model):
+    """Served alone or padded beside a longer row of another task, a row gets the same logits, in every mode.
+
+    The tables make padding dangerous on purpose: dense tables (device, host) get a huge row for the pad id,
+    kron tables (onthefly; dense keeps no reparam weights) large rows everywhere.
+    """
+    tokenizer = load_tokenizer(model_conf(model)["pretrained"])
+    short, long = ("rte", "A cat.", "It sat."), ("cb", *TEXTS[1])
+    for reparam, modes in (("dense", ("device", "host")), ("kron", ("onthefly",))):
+        paths = []
+        for task, seed in (("rte", 1), ("cb", 2)):
+            run_dir, tm = make_run(tmp_path / reparam, task, reparam, weights_seed=seed, model=model)
+            with torch.no_grad():
+                if reparam == "dense":
+                    tm.backbone.aot.source.P[tokenizer.pad_token_id] = 100.0
+                else:
+                    tm.backbone.aot.source.W_R.mul_(20.0)
+            save_trained(tm, run_dir / "model" / "trained.safetensors", read_run(run_dir, "run_dir")[1])
+            paths.append(export(run_dir))
+        artifacts = [Artifact.load(p) for p in paths]
+        fingerprint = artifacts[0].record.tokenizer_fingerprint
+        for mode in modes:
+            predictor = MultiTaskPredictor(plain_backbone(tm), artifacts, fingerprint, mode)
+            (alone,) = _logits(predictor, tokenizer, [short])
+            padded, _ = _logits(predictor, tokenizer, [short, long])
+            torch.testing.assert_close(padded, alone, rtol=0, atol=1e-5, msg=lambda m, mode=mode: f"{mode}: {m}")
+
+
+# MiniLM's row width (L x d = 6 x 384) and kron rank: matmul shapes where a few rows take another kernel path than
+# thousands do; a small vocabulary keeps the tables small.
+MINILM_SHAPED = {
+    "model_type": "bert",
+    "vocab_size": 3000,
+    "hidden_size": 384,
+    "num_hidden_layers": 6,
+    "num_attention_heads": 6,
+    "intermediate_size": 16,
+}
+
+
+def test_every_mode_returns_the_table_rows_bit_for_bit_whatever_the_cache_history(tmp_path):
+    """onthefly computes rows from the reparameterisation: misses fed one at a time, in odd-sized groups and
+    mixed with hits must give exactly the exported table's rows (kron and fc tasks), as host mode does."""
+    artifacts = []
+    for task, reparam, seed in (("rte", "kron", 1), ("cb", "fc", 2)):
+        run_dir, tm = make_run(tmp_path, task, reparam, weights_seed=seed, random_init=MINILM_SHAPED)
+        artifacts.append(Artifact.load(export(run_dir)))
+    backbone, fingerprint = plain_backbone(tm), artifacts[0].record.tokenizer_fingerprint
+
+    def source(mode, **kwargs):
+        return MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, mode, **kwargs).backbone.aot.source
+
+    device, host, onthefly = source("device"), source("host"), source("onthefly", cache_rows=64)
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randint(0, 2 * 3000, (300,), generator=g)
+    groups = [keys[i : i + 1] for i in range(40)]  # one miss at a time
+    start = 40
+    for size in (2, 3, 5, 7, 1, 13, 64, 77):  # odd sizes, some keys repeated (hits), the cache evicting
+        groups.append(torch.cat([keys[start : start + size], keys[:3]]))
+        start += size
+    for group in groups:
+        want = device.rows(group)
+        torch.testing.assert_close(onthefly.rows(group), want, rtol=0, atol=0)
+        torch.testing.assert_close(host.rows(group), want, rtol=0, atol=0)
+    assert onthefly.hits > 0 and onthefly.misses > 64  # the cache both hit and evicted
+
+
+def test_a_backbone_that_already_has_aot_hooks_is_refused(three_tasks):
+    artifacts, models, _, backbone = three_tasks
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
+    trained = copy.deepcopy(models["rte"])  # its backbone carries the training hooks
+    with pytest.raises(AotptError, match="already has AoT hooks"):
+        MultiTaskPredictor(trained.backbone, artifacts, fingerprint)
+    served = _predictor(three_tasks).backbone
+    with pytest.raises(AotptError, match="already has AoT hooks"):
+        MultiTaskPredictor(served, artifacts, fingerprint)
+    with pytest.raises(AotptError, match="already has AoT hooks"):
+        aot.attach(served, AotConfig())
+
+
+def test_task_and_token_ids_outside_the_tables_are_one_clear_error(three_tasks):
+    _, _, tokenizer, _ = three_tasks
+    predictor = _predictor(three_tasks)
+    inputs = batch(tokenizer, [TEXTS[0], TEXTS[1]])
+    for bad in (-1, 3):  # -1 would silently read the last task's rows, 3 another table or garbage
+        with pytest.raises(AotptError, match=rf"task id {bad} outside \[0, 3\)"):
+            predictor(task_ids=torch.tensor([0, bad]), **inputs)
+    ids = inputs["input_ids"].clone()
+    ids[1, 1] = 30522
+    with pytest.raises(AotptError, match=r"token id 30522 outside \[0, 30522\)"):
+        predictor(task_ids=torch.tensor([0, 1]), input_ids=ids, attention_mask=inputs["attention_mask"])
+    grown = copy.deepcopy(tokenizer)
+    grown.add_tokens(["<brand-new-token>"])
+    with pytest.raises(AotptError, match=r"token id 30522 outside \[0, 30522\)"):
+        predictor.predict(grown, [("rte", "a <brand-new-token> here", "b")])
+
+
+@pytest.mark.parametrize("mode", ["device", "host"])
+def test_artifacts_of_the_first_format_still_load_and_predict_the_same(mode):
+    """tests/fixtures/legacy_v0: artifacts exported by an earlier aotpt (format 1) and what they predicted then."""
+    folder = REPO / "tests" / "fixtures" / "legacy_v0"
+    expected = json.loads((folder / "expected.json").read_text())
+    with torch.random.fork_rng():
+        torch.manual_seed(expected["seed"])  # their backbone is a random tiny BERT, drawn from the seeded generator
+        predictor, tokenizer = MultiTaskPredictor.load([folder / "rte.safetensors", folder / "sst2.safetensors"], mode)
+    got = predictor.predict(tokenizer, [tuple(r) for r in expected["requests"]])
+    for new, old in zip(got, expected["predictions"], strict=True):
+        assert new["task"] == old["task"] and new["label"] == old["label"]
+        assert new["scores"] == pytest.approx(old["scores"], abs=1e-6)

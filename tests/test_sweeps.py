@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from aotpt.cli import CONF_DIR, GROUPS
-from aotpt.module import instantiate_method
+from aotpt.methods import method_config
 from conftest import REPO
 
 SWEEPS = REPO / "sweeps"
@@ -29,6 +29,6 @@ def test_every_grid_point_composes(sweep):
     fixed = [f"{k}={str(v).split(',')[0]}" for k, v in params.items() if k not in GROUPS]
     for point in itertools.product(*axes.values()):
         cfg = _compose(sweep, [*fixed, *(f"{k}={v}" for k, v in zip(axes, point, strict=True))])
-        method = instantiate_method(cfg.method)
+        method = method_config(cfg.method)
         assert ("reparam" in params) == (type(method).name == "aot"), "reparam must only be crossed with method=aot"
     GlobalHydra.instance().clear()

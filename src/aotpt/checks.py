@@ -177,9 +177,9 @@ def check_task(cfg: DictConfig) -> None:
 def check_max_length(cfg: DictConfig) -> None:
     """data.max_length (+ a soft prompt's positions) within the backbone's position limit, read from its config."""
     from aotpt.backbones import load_config, position_limit
-    from aotpt.module import instantiate_method
+    from aotpt.methods import method_config
 
-    method = instantiate_method(OmegaConf.to_container(cfg.method, resolve=True))
+    method = method_config(OmegaConf.to_container(cfg.method, resolve=True))
     random_init = cfg.model.get("random_init")
     config = load_config(cfg.model.pretrained, OmegaConf.to_container(random_init) if random_init else None)
     limit = position_limit(config)

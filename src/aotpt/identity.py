@@ -137,12 +137,9 @@ def differences(stored: dict, now: dict, prefix: str = "") -> list[str]:
 
 def method_label(cfg: DictConfig) -> str:
     """`aot-kron`, `lora`, ...: the method (and AoT's reparam) for readable run names."""
-    method = cfg.method
-    name = str(method.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("Config").lower()
-    reparam = method.get("reparam")
-    if reparam:
-        name += "-" + str(reparam.get("_target_", "?")).rsplit(".", 1)[-1].removesuffix("Config").lower()
-    return name
+    from aotpt.methods import setup_name
+
+    return setup_name(OmegaConf.to_container(cfg.method, resolve=True)).replace("/", "-")
 
 
 # ---- fingerprints ------------------------------------------------------------------------------------------------

@@ -9,51 +9,20 @@ and score, and their metrics group the gathered rows by question.
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections import defaultdict
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from aotpt.data.datamodule import MODEL_INPUTS
 from aotpt.errors import AotptError, ConfigError
-from aotpt.methods import METHODS
+from aotpt.methods import method_config
 from aotpt.model import TaskModel, build_model, describe
 from aotpt.resume import ResumeCheckpoint
 from aotpt.tasks import TaskSpec, get_task
 from aotpt.tasks.metrics import compute_metrics
-
-
-def instantiate_method(method: dict):
-    """The method's config dataclass from its YAML; an unknown key is a one-line error."""
-    try:
-        return instantiate(OmegaConf.create(method), _convert_="object")
-    except Exception as err:  # hydra wraps the dataclass TypeError in its own exception
-        cause = err.__cause__ or err
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(cause))
-        config_cls = _target_class(method.get("_target_", ""))
-        if unknown and config_cls is not None:
-            name, options = config_cls.name, sorted(f.name for f in dataclasses.fields(config_cls))
-            if unknown.group(1) == "reparam":
-                raise ConfigError(f"reparam= only applies to method=aot, not method={name}; drop reparam=") from None
-            raise ConfigError(
-                f"method={name} has no option method.{unknown.group(1)}; its options: {', '.join(options) or 'none'}"
-            ) from None
-        raise ConfigError(f"bad method options {method}: {cause}".replace("\n", " ")) from None
-
-
-def _target_class(target: str):
-    """The registered method config class named by a `_target_` path, if any."""
-    return next(
-        (m.config for m in METHODS.values() if f"{m.config.__module__}.{m.config.__qualname__}" == target), None
-    )
+from aotpt.tasks.predictions import eval_rows, model_inputs
 
 
 class TaskModule(L.LightningModule):
@@ -65,10 +34,11 @@ class TaskModule(L.LightningModule):
         self.spec: TaskSpec = get_task(task)
         self.net: TaskModel = build_model(
             model["pretrained"],
-            instantiate_method(method),
+            method_config(method),
             self.spec.num_labels,
             random_init=model.get("random_init"),
             head_dropout=optim.get("head_dropout", 0.1),
+            init_seed=model.get("init_seed"),
         )
         self.net.train()  # hub weights load in eval mode; Lightning keeps modes as found (dropout on, as in the papers)
         self.strict_loading = False  # checkpoints hold only the trained tensors
@@ -80,8 +50,7 @@ class TaskModule(L.LightningModule):
 
     # ---- forward and loss -------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
-        return self.net(**inputs)
+        return self.net(**model_inputs(batch))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.spec.is_regression:
@@ -115,22 +84,8 @@ class TaskModule(L.LightningModule):
             self.trainer.should_stop = True
 
     # ---- evaluation -------------------------------------------------------
-    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.squeeze(-1).float() if self.spec.is_regression else logits.argmax(-1)
-
     def eval_rows(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the metrics need of each row: id, prediction, and for grouped tasks group and score.
-
-        The score of a row is the log-probability of "right" (label 1): comparing
-        it within a group is the argmax of the softmax over the group's choices.
-        """
-        rows = {"idx": batch["idx"], "preds": self.predictions(logits)}
-        for key in ("labels", "group", "answer_f1"):
-            if key in batch:
-                rows[key] = batch[key]
-        if self.spec.grouping == "choice":
-            rows["score"] = logits.float().log_softmax(-1)[:, 1]
-        return rows
+        return eval_rows(self.spec, batch, logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         logits = self(batch)

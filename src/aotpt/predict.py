@@ -1,6 +1,6 @@
 """Predict a JSONL file of mixed-task requests with one backbone and N compiled tasks.
 
-    python -m aotpt.predict artifacts='[rte.safetensors,sst2.safetensors]' input=requests.jsonl [mode=host]
+    python -m aotpt.predict artifacts='[rte.safetensors,sst2.safetensors]' input=requests.jsonl [mode=host] [dtype=bf16]
 
 Each input line is a JSON object: "task" plus the task's hub field names, e.g.
 {"task": "rte", "sentence1": "...", "sentence2": "..."} or {"task": "sst2",
@@ -60,7 +60,7 @@ def predict_file(
     input_path: Path,
     output_path: Path,
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int | None = None,
 ) -> int:
     """Predict every request of `input_path` into `output_path` (written atomically); returns the count."""
     if batch_size < 1:
@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> dict:
     if not cfg.input:
         raise ConfigError("input is required: python -m aotpt.predict artifacts='[a.safetensors,...]' input=req.jsonl")
     predictor, tokenizer = MultiTaskPredictor.load(
-        list(cfg.artifacts), cfg.mode, cfg.device, cfg.pretrained, cfg.cache_rows
+        list(cfg.artifacts), cfg.mode, cfg.device, cfg.pretrained, cfg.cache_rows, cfg.dtype
     )
     output = Path(cfg.output)
     count = predict_file(predictor, tokenizer, Path(cfg.input), output, cfg.batch_size, cfg.max_length)

@@ -24,20 +24,13 @@ from omegaconf import DictConfig
 from aotpt.atomic import write_json_atomic
 from aotpt.cli import CONF_DIR, entry, one_line_errors
 from aotpt.errors import ConfigError
+from aotpt.methods import setup_name
 from aotpt.tasks import TASKS, benchmark_tasks
 
 
-def _name(target: str | None) -> str | None:
-    """aotpt.methods.aot.AotConfig -> aot"""
-    return target.rsplit(".", 1)[-1].removesuffix("Config").lower() if target else None
-
-
 def setup_of(config: dict) -> str:
-    """`model method[/reparam]`, e.g. `minilm aot/kron`."""
-    method = config.get("method") or {}
-    reparam = _name((method.get("reparam") or {}).get("_target_"))
-    name = _name(method.get("_target_")) or "?"
-    return f"{config.get('model', {}).get('name', '?')} {name}{'/' + reparam if reparam else ''}"
+    """`model method[/reparam]`, e.g. `minilm aot/kron` (names from the method registry)."""
+    return f"{config.get('model', {}).get('name', '?')} {setup_name(config['method'])}"
 
 
 def collect(runs_dir: Path, status: str | None = "completed") -> dict[str, dict[str, list[dict]]]:

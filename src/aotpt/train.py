@@ -34,8 +34,10 @@ from aotpt.data.datamodule import TaskDataModule
 from aotpt.errors import AotptError, ConfigError
 from aotpt.identity import identity, register_resolvers
 from aotpt.loggers import build_loggers
+from aotpt.methods import method_config, options_of
 from aotpt.model import save_trained
 from aotpt.module import TaskModule
+from aotpt.record import RunMeta
 from aotpt.results import ResultsWriter
 from aotpt.resume import AtomicCheckpointIO, ExactResume, resume_path
 from aotpt.rundir import RunLock, stored_result
@@ -63,7 +65,7 @@ def _datamodule(cfg: DictConfig, tokenizer) -> TaskDataModule:
 
 def _module(cfg: DictConfig) -> TaskModule:
     module = TaskModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+        model={**OmegaConf.to_container(cfg.model, resolve=True), "init_seed": cfg.seed},
         method=OmegaConf.to_container(cfg.method, resolve=True),
         task=cfg.task.name,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
@@ -89,28 +91,61 @@ def _save_best(trainer: L.Trainer, module: TaskModule, tokenizer, cfg: DictConfi
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state, strict=False)
     path = results.path.parent / "model" / "trained.safetensors"
-    backbone = module.net.backbone
-    save_trained(
-        module.net,
-        path,
-        {
-            "backbone": cfg.model.pretrained,
-            "random_init": OmegaConf.to_container(cfg.model.random_init) if cfg.model.random_init else None,
-            "model_type": backbone.config.model_type,
-            "num_layers": backbone.config.num_hidden_layers,
-            "hidden_size": backbone.config.hidden_size,
-            "vocab_size": backbone.config.vocab_size,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-            "task": module.spec.name,
-            "label_names": list(module.spec.label_names),
-            "metrics": list(module.spec.metrics),
-            "method": OmegaConf.to_container(cfg.method, resolve=True),
-            "best_epoch": results.best().get("epoch"),
-            "best_score": results.best().get("val/score"),
-            "run_id": results.as_dict()["run_id"],
-        },
-    )
+    save_trained(module.net, path, run_record(cfg, module, tokenizer, results.best()))
     return path
+
+
+# Trainer and data settings that shorten a run; the record keeps those set (reports tell such runs apart).
+LIMITS = {
+    "trainer": (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "max_steps",
+        "fast_dev_run",
+        "overfit_batches",
+    ),
+    "data": ("limit_examples",),
+}
+_NOT_LIMITING = (None, False, -1, 0, 1.0)
+
+
+def run_record(cfg: DictConfig, module: TaskModule, tokenizer, best: dict) -> RunMeta:
+    """The record of this run (`aotpt.record.RunMeta`): what export, predict, submit, serve and bench read.
+
+    `best` is the best dev epoch's row of results.json (`ResultsWriter.best`).
+    """
+    config = module.net.backbone.config
+    limits = {
+        f"{group}.{key}": cfg[group].get(key)
+        for group, keys in LIMITS.items()
+        for key in keys
+        if cfg[group].get(key) not in _NOT_LIMITING or cfg[group].get(key) is True
+    }
+    try:
+        choices = OmegaConf.to_container(HydraConfig.get().runtime.choices)
+    except ValueError:  # HydraConfig not set (a caller composed the config itself)
+        choices = {}
+    random_init = OmegaConf.to_container(cfg.model.random_init) if cfg.model.random_init else None
+    return RunMeta(
+        backbone=cfg.model.pretrained,
+        random_init=random_init,
+        init_seed=cfg.seed if random_init else None,
+        model_type=config.model_type,
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        vocab_size=module.net.backbone.get_input_embeddings().num_embeddings,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        task=module.spec.name,
+        label_names=list(module.spec.label_names),
+        metrics=list(module.spec.metrics),
+        method=options_of(method_config(OmegaConf.to_container(cfg.method, resolve=True))),
+        max_length=cfg.data.max_length,
+        choices={k: v for k, v in choices.items() if not k.startswith("hydra")},
+        limits=limits,
+        best_epoch=best.get("epoch"),
+        best_score=best.get("val/score"),
+    )
 
 
 def _finish_wandb(failed: bool) -> None:

@@ -193,16 +193,24 @@ class PrefixDisentangledSelfAttention(DisentangledSelfAttention):
         return context, (probs if output_attentions else None)
 
 
+def _prefix_name(base: str) -> str:
+    return f"aotpt_prefix_{base}"
+
+
+# Registered when this module is imported, not when a model is built: a process that unpickles a model
+# (a ddp_spawn worker) imports this module through the model's classes and so finds the names registered.
+for _base in BASE_ATTENTION:
+    AttentionInterface.register(_prefix_name(_base), prefix_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(_prefix_name(_base), ALL_MASK_ATTENTION_FUNCTIONS[_base])
+
+
 def _switch_to_prefix_attention(backbone: PreTrainedModel) -> Callable:
-    """Register the prefix attention and the base mask function under one name, switch the backbone to it,
-    and return the attention function it wraps (the family's own eager function, as its modeling file calls it)."""
+    """Switch the backbone to the prefix attention registered for its attention implementation, and return the
+    attention function that wraps (the family's own eager function, as its modeling file calls it)."""
     base = backbone.config._attn_implementation
     if base not in BASE_ATTENTION:
         raise choices("attn_implementation for method=ptuning_v2", base, BASE_ATTENTION)
-    name = f"aotpt_prefix_{base}"
-    AttentionInterface.register(name, prefix_attention)
-    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[base])
-    backbone.set_attn_implementation(name)
+    backbone.set_attn_implementation(_prefix_name(base))
     if base == "sdpa":
         return sdpa_attention_forward
     attention = encoder_layers(backbone)[0].get_submodule(layout(backbone).self_attention)

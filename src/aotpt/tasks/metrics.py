@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from scipy import stats
-from torchmetrics.functional import accuracy, f1_score, matthews_corrcoef
+from torchmetrics.functional import accuracy, f1_score
 
 from aotpt.tasks.spec import TaskSpec
 
@@ -59,8 +59,12 @@ def _macro_f1(r: Rows) -> float:
 
 
 def _mcc(r: Rows) -> float:
-    """Matthews correlation (multiclass R_K for AX); 0 for a constant predictor (the formula's 0/0)."""
-    return matthews_corrcoef(r.preds, r.labels, task="multiclass", num_classes=r.num_labels).item()
+    """Matthews correlation (multiclass R_K for AX) as scikit-learn computes it, which is what the GLUE reference
+    uses: exactly 0 whenever the denominator is 0 (a constant predictor, or constant gold). torchmetrics adds an eps
+    there instead, which gives e.g. +-0.0256 for a constant predictor on CoLA-dev."""
+    from sklearn.metrics import matthews_corrcoef  # imported on use: sklearn takes a second to import
+
+    return float(matthews_corrcoef(r.labels.numpy(), r.preds.numpy()))
 
 
 def _correlation(fn: Callable) -> Callable[[Rows], float]:

@@ -1,9 +1,9 @@
 """Reparameterisations of the AoT table P = [P_1 | ... | P_L], a |V| x (L*d) matrix.
 
 Every reparameterisation is a *bias source*: `rows(ids)` returns the rows
-P[ids] without building the table, and `table()` builds the whole table in row
-chunks (for export). All start with P = 0, so a fresh AoT model computes what
-the frozen backbone computes.
+P[ids] without building the table (id |V|, the padding key, gives zeros), and
+`table()` builds the whole table (for export). All start with P = 0, so a
+fresh AoT model computes what the frozen backbone computes.
 
     kron : P = (W_L ⊗ W_M) W_R       W_L a×r, W_M b×r, W_R r²×L·d (zero)
     fc   : P = f(E W1 + b1) W2 + b2  E frozen word embeddings, W2 = b2 = 0
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -21,35 +22,49 @@ from transformers.activations import ACT2FN
 
 from aotpt.errors import ConfigError
 from aotpt.methods._shared import at_least, one_of, probability
+from aotpt.methods.aot.hooks import UniqueRows
 
 # A dense table above this size is refused: use kron or fc instead.
 DENSE_MAX_BYTES = 2 * 1024**3
+# Rows computed ahead of time (the table) and on the fly (serving) go through the same fixed-size matrix
+# products of ROW_BLOCK rows: a GEMM's rounding depends on its shape, so rows computed a few at a time would
+# otherwise differ from the table's by an ulp and logits would depend on a cache's history.
+ROW_BLOCK = 16
 
 
 @dataclass
 class ReparamConfig:
-    """Fields shared by every reparameterisation."""
+    """Fields shared by every reparameterisation; `name` is its registry name (`REPARAMS`, `reparam=`)."""
 
+    name: ClassVar[str]
+    needs_embeddings: ClassVar[bool] = False  # does `build` read the backbone's word embeddings (fc)?
     dropout: float = 0.0  # on the rank-space activations (kron: r², fc: r); 0 keeps rows exact
 
     def __post_init__(self) -> None:
         probability("reparam.dropout", self.dropout)
 
+    def build(self, num_layers: int, hidden: int, vocab_size: int, word_embeddings: nn.Embedding | None = None):
+        """The trainable bias source for a backbone of `num_layers` x `hidden` and `vocab_size` token ids."""
+        raise NotImplementedError
+
 
 @dataclass
 class KronConfig(ReparamConfig):
+    name: ClassVar[str] = "kron"
     rank: int = 16  # r: W_R has r² rows
 
     def __post_init__(self) -> None:
         super().__post_init__()
         at_least("reparam.rank", self.rank, 1)
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> KronReparam:
-        return KronReparam(word_embeddings.num_embeddings, num_layers, hidden, self.rank, self.dropout)
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> KronReparam:
+        return KronReparam(vocab_size, num_layers, hidden, self.rank, self.dropout)
 
 
 @dataclass
 class FcConfig(ReparamConfig):
+    name: ClassVar[str] = "fc"
+    needs_embeddings: ClassVar[bool] = True
     rank: int = 64  # r: width of the bottleneck between E (d) and P (L·d)
     activation: str = "relu"  # f, any name in transformers.activations.ACT2FN
 
@@ -58,14 +73,18 @@ class FcConfig(ReparamConfig):
         at_least("reparam.rank", self.rank, 1)
         one_of("reparam.activation", self.activation, ACT2FN)
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> FcReparam:
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> FcReparam:
+        if word_embeddings is None or word_embeddings.num_embeddings != vocab_size:
+            raise ConfigError(f"reparam=fc reads the backbone's word embeddings ({vocab_size} rows): pass them")
         return FcReparam(word_embeddings, num_layers, hidden, self.rank, self.activation, self.dropout)
 
 
 @dataclass
 class DenseConfig(ReparamConfig):
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> DenseReparam:
-        vocab = word_embeddings.num_embeddings
+    name: ClassVar[str] = "dense"
+
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> DenseReparam:
+        vocab = vocab_size
         need = vocab * num_layers * hidden * 4
         if need > DENSE_MAX_BYTES:
             raise ConfigError(
@@ -76,32 +95,61 @@ class DenseConfig(ReparamConfig):
         return DenseReparam(vocab, num_layers, hidden)
 
 
-class Reparam(nn.Module):
+# The reparameterisation registry: `reparam=<name>` and the `name` stored in run records and artifacts.
+REPARAMS: dict[str, type[ReparamConfig]] = {cls.name: cls for cls in (KronConfig, FcConfig, DenseConfig)}
+
+
+class Reparam(UniqueRows, nn.Module):
     """A bias source: rows of P for given token ids, without building P."""
 
     def __init__(self, vocab_size: int, num_layers: int, hidden: int) -> None:
         super().__init__()
         self.vocab_size, self.num_layers, self.hidden = vocab_size, num_layers, hidden
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
-        """P[ids]: (N,) long -> (N, L*d)."""
+    @property
+    def zero_key(self) -> int:
+        """The key of the all-zero row that padded positions read."""
+        return self.vocab_size
+
+    def compute(self, ids: torch.Tensor) -> torch.Tensor:
+        """P[ids] for valid ids 0 .. |V|-1: (N,) long -> (N, L*d) fp32."""
         raise NotImplementedError
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """P[ids]: (N,) long -> (N, L*d); the padding key |V| gives zeros."""
+        pad = ids >= self.vocab_size  # (N,)
+        return self.compute(ids.clamp(max=self.vocab_size - 1)).masked_fill(pad[:, None], 0.0)
+
+    @torch.no_grad()
+    def rows_blocked(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """P[ids] in `dtype`, computed in blocks of exactly ROW_BLOCK ids (the last one padded with id 0).
+
+        The same ids give the same bits whatever else is computed with them:
+        export and on-the-fly serving both call this. Eval mode (no dropout).
+        """
+        was_training = self.training
+        self.eval()
+        out = torch.empty(len(ids), self.num_layers * self.hidden, dtype=dtype, device=ids.device)
+        block = ids.new_zeros(ROW_BLOCK)
+        for start in range(0, len(ids), ROW_BLOCK):
+            part = ids[start : start + ROW_BLOCK]
+            block.zero_()[: len(part)] = part
+            out[start : start + len(part)] = self.rows(block)[: len(part)].to(dtype)
+        self.train(was_training)
+        return out
 
     @torch.no_grad()
     def table(self, chunk_rows: int = 4096, dtype: torch.dtype = torch.float16) -> torch.Tensor:
-        """The whole table (|V|, L*d) in `dtype`, built `chunk_rows` rows at a time.
+        """The whole table (|V|, L*d) in `dtype`, `chunk_rows` ids at a time (through `rows_blocked`).
 
         Peak memory stays near the size of the result: each chunk is computed in
         fp32 and cast before the next one starts. Runs in eval mode (no dropout).
         """
-        was_training = self.training
-        self.eval()
         device = next(self.parameters()).device
         out = torch.empty(self.vocab_size, self.num_layers * self.hidden, dtype=dtype, device=device)
         for start in range(0, self.vocab_size, chunk_rows):
             ids = torch.arange(start, min(start + chunk_rows, self.vocab_size), device=device)
-            out[start : start + len(ids)] = self.rows(ids).to(dtype)
-        self.train(was_training)
+            out[start : start + len(ids)] = self.rows_blocked(ids, dtype)
         return out
 
 
@@ -118,7 +166,7 @@ class KronReparam(Reparam):
         self.W_R = nn.Parameter(torch.zeros(rank * rank, num_layers * hidden))
         self.dropout = nn.Dropout(dropout)
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+    def compute(self, ids: torch.Tensor) -> torch.Tensor:
         left = self.W_L[ids // self.b]  # (N, r)
         right = self.W_M[ids % self.b]  # (N, r)
         kron = (left[:, :, None] * right[:, None, :]).reshape(len(ids), self.rank * self.rank)  # (N, r²)
@@ -142,7 +190,7 @@ class FcReparam(Reparam):
         nn.init.zeros_(self.down.weight)
         nn.init.zeros_(self.down.bias)
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+    def compute(self, ids: torch.Tensor) -> torch.Tensor:
         emb = self._embeddings[0](ids)  # (N, d_emb)
         return self.down(self.dropout(self.act(self.up(emb))))  # (N, L*d)
 
@@ -154,5 +202,5 @@ class DenseReparam(Reparam):
         super().__init__(vocab_size, num_layers, hidden)
         self.P = nn.Parameter(torch.zeros(vocab_size, num_layers * hidden))
 
-    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+    def compute(self, ids: torch.Tensor) -> torch.Tensor:
         return self.P[ids]
