@@ -200,3 +200,50 @@ def test_relaunched_sweep_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     logs = proc.stdout + proc.stderr
     assert f"{job1}: finished run" in logs and f"resuming from {job2}" in logs
     assert _results(job2)["status"] == "completed" and (job2 / "model" / "trained.safetensors").is_file()
+
+
+def _wait_for(pattern: str, root: Path, proc: subprocess.Popen, log: Path) -> Path:
+    deadline = time.monotonic() + 300
+    while not (found := list(root.glob(pattern))):
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"no {pattern} in time"
+        time.sleep(0.02)
+    return found[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_command_line_exits_130_and_the_same_command_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "aotpt.train", "model=tiny_bert", "task=mrpc", f"data_dir={FIXTURES}",
+           f"paths.root_dir={tmp_path}", "logger=csv", "trainer=cpu", "trainer.max_epochs=4",
+           "data.batch_size=2"]  # fmt: skip
+    log = tmp_path / "run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=out, stderr=out)
+        last = _wait_for("logs/runs/*/seed*/checkpoints/last.ckpt", tmp_path, proc, log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    assert "\ninterrupted: run the same command again to resume\n" in log.read_text()
+    assert _results(last.parent.parent)["status"] == "interrupted"
+    proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "resuming from" in proc.stdout + proc.stderr
+    assert [e["epoch"] for e in _results(last.parent.parent)["epochs"]] == [0, 1, 2, 3]
+
+
+@pytest.mark.slow
+def test_sweep_killed_in_its_second_job_resumes_it_when_relaunched(tmp_path):
+    cmd = [sys.executable, "-m", "aotpt.train", "-m", "model=tiny_bert", "task=mrpc", f"data_dir={FIXTURES}",
+           f"paths.root_dir={tmp_path}", "logger=csv", "trainer=cpu", "trainer.max_epochs=4", "data.batch_size=2",
+           "seed=1,2"]  # fmt: skip
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=out, stderr=out, start_new_session=True)
+        _wait_for("logs/multiruns/train/*/seed2-*/checkpoints/last.ckpt", tmp_path, proc, log)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    job1, job2 = sorted((tmp_path / "logs" / "multiruns" / "train").glob("*/seed*"))
+    assert _results(job1)["status"] == "completed" and _results(job2)["status"] == "running"
+    before = _snapshot(job1)
+    proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _snapshot(job1) == before and f"resuming from {job2}" in proc.stdout + proc.stderr
+    assert [e["epoch"] for e in _results(job2)["epochs"]] == [0, 1, 2, 3]

@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save_file
 
 from aotpt import train
 from aotpt.atomic import atomic_path, write_json_atomic
-from aotpt.errors import AotptError
+from aotpt.errors import AotptError, ConfigError
 from aotpt.loggers import build_loggers, choose_wandb_mode
 from aotpt.module import TaskModule
-from aotpt.resume import AtomicCheckpointIO
+from aotpt.resume import AtomicCheckpointIO, ResumeCheckpoint
 from conftest import FIXTURES, REPO
 
 ENV = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
@@ -292,3 +292,28 @@ def test_unknown_option_on_the_command_line_is_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown reparam='lowrank'; accepted: dense, fc, kron" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("interval", "saved"),
+    [("every_n_steps=3", [3, 4, 6, 8]), ("every_minutes=1e-9", [1, 2, 3, 4, 5, 6, 7, 8])],
+)
+def test_last_ckpt_is_written_on_an_interval_inside_epochs_and_at_epoch_ends(train_cfg, monkeypatch, interval, saved):
+    steps, real_save = [], ResumeCheckpoint._save
+
+    def recorded(self, trainer):
+        steps.append(trainer.global_step)
+        real_save(self, trainer)
+
+    monkeypatch.setattr(ResumeCheckpoint, "_save", recorded)
+    if interval.startswith("every_n_steps"):
+        interval = [f"callbacks.resume_checkpoint.{interval}", "callbacks.resume_checkpoint.every_minutes=null"]
+    else:
+        interval = [f"callbacks.resume_checkpoint.{interval}"]
+    train.run(train_cfg("task=mrpc", "trainer.max_epochs=2", *interval))  # 4 steps an epoch
+    assert steps == saved  # never on an epoch's last batch: the epoch-end save follows it
+
+
+def test_resume_checkpoint_refuses_a_bad_interval():
+    with pytest.raises(ConfigError, match="every_minutes=0 must be > 0 or null"):
+        ResumeCheckpoint("x", every_minutes=0)

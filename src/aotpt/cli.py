@@ -76,20 +76,20 @@ def user_error(err: BaseException) -> str | None:
     return None
 
 
-def entry(hydra_main: Callable) -> None:
+def entry(hydra_main: Callable, interrupted: str = "interrupted") -> None:
     """Run a `@hydra.main` function: unknown group choices, Hydra's errors and AotptErrors become one line.
 
     HYDRA_FULL_ERROR makes Hydra re-raise instead of printing its own
     multi-line report, so every failure arrives here: a user mistake prints
-    `error: ...` and exits 2, Ctrl-C exits 130, anything else is a bug and
-    keeps its traceback.
+    `error: ...` and exits 2, Ctrl-C prints `interrupted` and exits 130,
+    anything else is a bug and keeps its traceback.
     """
     one_line_errors(check_overrides)(sys.argv[1:])
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
     try:
         hydra_main()
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         sys.exit(130)
     except Exception as err:
         message = user_error(err)

@@ -264,5 +264,5 @@ class ResumeCheckpoint(Checkpoint):
             self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # optimiser and loop state too: a full resume
         self.last_saved, self._saved_at, self._saved_step = str(self.path), time.monotonic(), trainer.global_step

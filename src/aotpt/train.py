@@ -181,11 +181,11 @@ def _train(cfg: DictConfig, output_dir: Path, ident: dict) -> dict:
         ckpt_path = resume_path(cfg.ckpt_path, output_dir)
         tokenizer = load_tokenizer(cfg.model.pretrained)
         datamodule = _datamodule(cfg, tokenizer)
+        callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + [results, ExactResume(cfg.seed)]
         module = _module(cfg)
         results.summary = module.summary()
         results.write()
         loggers = build_loggers(cfg.logger)
-        callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c] + [results, ExactResume(cfg.seed)]
         if not loggers:  # it only logs, and Lightning refuses it without a logger (logger=none)
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
@@ -240,4 +240,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    entry(main)
+    entry(main, interrupted="interrupted: run the same command again to resume")
