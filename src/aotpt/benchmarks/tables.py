@@ -1,0 +1,123 @@
+"""suite=inference's tables: every row as CSV, and a markdown report to paste into the README.
+
+Markdown sections: the method grid (ratio to the bare backbone per cell,
+then throughput), the analytic cost per method, the mixed-task cell, torch.compile's graphs, the noise, and
+everything skipped with the reason and the memory it would need.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+# the CSV's columns: every scalar of a row (the per-round times stay in the JSON)
+COLUMNS = [
+    "section", "cell", "batch_size", "seq_len", "name", "method", "tasks", "rounds", "median_s", "q1_s", "q3_s",
+    "ratio", "ratio_q1", "ratio_q3", "throughput", "extra_flops_per_token", "extra_bytes_per_token",
+    "analytic_ratio", "held_bytes", "peak_bytes", "distinct_outputs", "cache_hit_rate",
+]  # fmt: skip
+
+
+def write(result: dict, output_dir: str) -> list[str]:
+    """bench_inference.csv and bench_inference.md in `output_dir`; returns their paths."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench_inference.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(result["rows"])
+    (out / "bench_inference.md").write_text(markdown(result) + "\n")
+    return [str(out / "bench_inference.csv"), str(out / "bench_inference.md")]
+
+
+def _ratio(row: dict) -> str:
+    if row["ratio"] is None:
+        return "1 (reference)"
+    return f"{row['ratio']:.3f} ({row['ratio_q1']:.3f}–{row['ratio_q3']:.3f})"
+
+
+def _table(head: list[str], lines: list[list[str]], text: int = 1) -> str:
+    """A markdown table; the first `text` columns left-aligned, the rest (numbers) right-aligned."""
+    rule = ["---"] * text + ["---:"] * (len(head) - text)
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, rule, *lines])
+
+
+def _grid(result: dict, rows: list[dict]) -> str:
+    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    at = {(r["name"], r["cell"]): r for r in rows}
+    head = ["method", *[f"{c.replace('x', ' x ')}" for c in cells]]
+    ratio = [[n, *[_ratio(at[n, c]) if (n, c) in at else "skipped" for c in cells]] for n in names]
+    speed = [[n, *[f"{at[n, c]['throughput']:.1f}" if (n, c) in at else "—" for c in cells]] for n in names]
+    lengths = list(dict.fromkeys(r["seq_len"] for r in rows))
+    cost_head = ["method", "extra FLOPs/token", "extra bytes/token", *[f"analytic ratio n={n}" for n in lengths]]
+    costs = []
+    for n in names:
+        first = next(r for r in rows if r["name"] == n)
+        by_len = {r["seq_len"]: r["analytic_ratio"] for r in rows if r["name"] == n}
+        flops, moved = f"{first['extra_flops_per_token']:,.0f}", f"{first['extra_bytes_per_token']:,.0f}"
+        costs.append([n, flops, moved, *[f"{by_len[n_]:.4f}" if n_ in by_len else "—" for n_ in lengths]])
+    return "\n\n".join(
+        [
+            f"**Ratio to the bare backbone** (batch x length; median and interquartile range of {result['rounds']} "
+            "per-round paired ratios; `bare_again` is the bare backbone timed as a second entry: the noise)",
+            _table(head, ratio),
+            "**Throughput** (sequences/s at the median time)",
+            _table(head, speed),
+            "**Analytic cost** (per token, beside the backbone's FLOPs; ptuning_v1's bytes and FLOPs at n=first "
+            "length; aot_onthefly: every row computed, an upper bound)",
+            _table(cost_head, costs),
+        ]
+    )
+
+
+def _mixed(rows: list[dict]) -> str:
+    head = ["contender", "T", "ratio (IQR)", "seq/s", "analytic", "holds MB", "peak MB", "distinct", "cache hits"]
+    lines = []
+    for r in rows:
+        hits = f"{r['cache_hit_rate']:.0%}" if "cache_hit_rate" in r else ""
+        distinct = {True: "yes", False: "NO"}.get(r.get("distinct_outputs"), "")
+        lines.append(
+            [
+                r["name"], str(r["tasks"]), _ratio(r), f"{r['throughput']:.1f}", f"{r['analytic_ratio']:.4f}",
+                f"{r['held_bytes'] / 1e6:,.1f}", f"{r['peak_bytes'] / 1e6:,.1f}", distinct, hits,
+            ]
+        )  # fmt: skip
+    cell = rows[0]["cell"].replace("x", " x ") if rows else ""
+    return f"**Mixed-task batches** (batch {cell}; rows take tasks 0..T-1 in turn)\n\n" + _table(head, lines)
+
+
+def markdown(result: dict) -> str:
+    grid = [r for r in result["rows"] if r["section"] == "grid"]
+    mixed = [r for r in result["rows"] if r["section"] == "mixed"]
+    arch = result["architecture"]
+    shape = f"{arch['model_type']}, L={arch['num_hidden_layers']}, d={arch['hidden_size']}, |V|={arch['vocab_size']:,}"
+    parts = [
+        f"### suite=inference: {result['model']} ({shape}; {result['weights']} weights), {result['device']} "
+        f"({result['device_name']}), {result['torch_threads']} threads, backbone {result['dtype']}, "
+        f"tables {result['table_dtype']}, {result['warmup']} warm-up + {result['rounds']} rounds, torch "
+        f"{result['torch_version']}" + ("" if result["reportable"] else " — FEWER THAN 20 ROUNDS: not for reporting"),
+        _grid(result, grid) if grid else "",
+        _mixed(mixed) if mixed else "",
+    ]
+    if result["compile"]:
+        lines = [
+            [name, g["backend"], str(g["graph_count"]), str(g["graph_breaks"]), "; ".join(g["reasons"]) or "—"]
+            for name, g in result["compile"].items()
+        ]
+        parts.append("**torch.compile** (dynamic=True; graphs from torch._dynamo.explain)\n\n" + _table(
+            ["contender", "backend", "graphs", "graph breaks", "break reasons"], lines, text=2))  # fmt: skip
+    memory = result["memory"]
+    tables = ", ".join(
+        f"{m}: T={t['tasks']} {t['bytes'] / 1e9:.2f} GB ({t['location']})" for m, t in memory["tables"].items()
+    )
+    parts.append(f"**Memory**: backbone {memory['backbone_bytes'] / 1e9:.2f} GB; AoT tables held: {tables or 'none'}; "
+                 f"budget {memory['budget_gb']} GB")  # fmt: skip
+    if result["skipped"]:
+        lines = [
+            [s["section"], s.get("cell", "all"), s["name"], s["reason"],
+             f"{s['bytes_needed'] / 1e9:.2f}" if "bytes_needed" in s else "—"]
+            for s in result["skipped"]
+        ]  # fmt: skip
+        parts.append("**Skipped**\n\n" + _table(["section", "cell", "contender", "why", "needs GB"], lines, text=4))
+    return "\n\n".join(p for p in parts if p)
