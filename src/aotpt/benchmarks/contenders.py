@@ -44,6 +44,7 @@ class Contender:
     extra_positions: int = 0  # positions it adds to every sequence (the soft prompt)
     model: nn.Module | None = None  # what `run` calls (for torch._dynamo.explain)
     stats: dict = field(default_factory=dict)  # counters `run` keeps (onthefly cache hits), reported per cell
+    compile_info: dict | None = None  # torch.compile variants: backend, graphs compiled so far
 
 
 class Skip(Exception):
@@ -95,10 +96,22 @@ def hooked(backbone: nn.Module, source: nn.Module) -> nn.Module:
     return model
 
 
-def compiled(contender: Contender, backend: str, mode: str | None) -> Contender:
-    """`torch.compile(dynamic=True)` of the contender's model, run inside the same context (AoT's task ids)."""
-    model = contender.model
-    fast = torch.compile(model, dynamic=True, backend=backend, mode=mode)
+def compiled(contender: Contender, backend: str) -> Contender:
+    """`torch.compile(dynamic=True)` of the contender's model, run inside the same context (AoT's task ids).
+
+    The backend is wrapped to count the graphs it is handed (`compile_info`):
+    one per compiled frame, so a graph break, or a recompilation for new
+    shapes, shows up as more than one.
+    """
+    model, info = contender.model, {"backend": backend, "graphs_compiled": 0}
+    real = torch._dynamo.lookup_backend(backend)
+
+    def counting(graph, example_inputs):
+        out = real(graph, example_inputs)  # may raise to make dynamo restart its analysis: not a graph (yet)
+        info["graphs_compiled"] += 1
+        return out
+
+    fast = torch.compile(model, dynamic=True, backend=counting)
 
     def run(batch: Batch) -> torch.Tensor:
         if hasattr(model, "aot"):
@@ -107,7 +120,9 @@ def compiled(contender: Contender, backend: str, mode: str | None) -> Contender:
         return _forward(fast, batch)
 
     name = f"{contender.name}_compiled"
-    return Contender(name, contender.method, run, 1, contender.options, contender.held_bytes, model=model)
+    return Contender(
+        name, contender.method, run, 1, contender.options, contender.held_bytes, model=model, compile_info=info
+    )
 
 
 def ptuning_v2_prefix(backbone: nn.Module, length: int) -> Contender:

@@ -23,6 +23,7 @@ import statistics
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch._dynamo.utils import counters as dynamo_counters
 
 from aotpt.backbones import load_backbone
 from aotpt.benchmarks import lineup as L
@@ -120,22 +121,25 @@ def _time_cell(section, batch_size, seq_len, here: list[Contender], ic, device, 
     return rows
 
 
-def _explain(contenders: list[Contender], vocab: int, device) -> dict[str, dict]:
-    """Graphs and graph breaks of each compiled contender's model (torch._dynamo.explain, before any timing:
-    explain resets dynamo's caches)."""
+def _compile_first(contenders: list[Contender], vocab: int, device) -> dict[str, dict]:
+    """Compile each torch.compile contender on a small batch before any timing, and count what that first
+    compilation made: graphs (1 = the whole forward) and graph breaks with their reasons (dynamo's counters)."""
     out = {}
     ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    batch = Batch(ids, torch.ones_like(ids), torch.zeros(2, dtype=torch.long, device=device), [0, 0])
     for c in contenders:
-        model, kwargs = c.model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        before = dict(dynamo_counters["graph_break"])
         with torch.no_grad():
-            if hasattr(model, "aot"):
-                with model.aot.tasks(torch.zeros(2, dtype=torch.long, device=device)):
-                    found = torch._dynamo.explain(model)(**kwargs)
-            else:
-                found = torch._dynamo.explain(model)(**kwargs)
-        reasons = [str(getattr(b, "reason", b)).splitlines()[0] for b in found.break_reasons]
-        out[c.name] = {"graph_count": found.graph_count, "graph_breaks": found.graph_break_count, "reasons": reasons}
-        log.info("%s: %d graph(s), %d break(s) %s", c.name, found.graph_count, found.graph_break_count, reasons)
+            c.run(batch)
+        breaks = {k: v - before.get(k, 0) for k, v in dynamo_counters["graph_break"].items() if v > before.get(k, 0)}
+        out[c.name] = {
+            "backend": c.compile_info["backend"],
+            "graph_count": c.compile_info["graphs_compiled"],
+            "graph_breaks": sum(breaks.values()),
+            "reasons": [reason.splitlines()[0] for reason in breaks],
+        }
+        log.info("%s: %d graph(s), %d graph break(s) %s", c.name, out[c.name]["graph_count"], sum(breaks.values()),
+                 list(breaks))  # fmt: skip
     return out
 
 
@@ -177,10 +181,8 @@ def run(cfg: DictConfig) -> dict:
     if not all(distinct.values()):
         raise RuntimeError(f"mixed contenders whose tasks compute the same outputs: {distinct}")  # a benchmark bug
     _onthefly_stats(lineup)
-    compiled = [c for c in lineup.grid if c.name.endswith("_compiled")]
-    graphs = _explain(compiled, vocab, device) if compiled else {}
-    for name in graphs:
-        graphs[name].update(backend=ic.compile.backend, mode=ic.compile.mode)
+    compiled = [c for c in lineup.grid if c.compile_info]
+    graphs = _compile_first(compiled, vocab, device)
     arch = {k: getattr(config, k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size")}
     act, table = DTYPES[ic.dtype].itemsize, TABLE_DTYPES[ic.table_dtype].itemsize
     rows, cells = [], _cells(ic)
@@ -236,6 +238,8 @@ def run(cfg: DictConfig) -> dict:
         "rows": rows,
         "skipped": lineup.skipped,
     }
+    for c in compiled:  # graphs over the whole run: recompilations for new shapes (batch 1 specialises) add some
+        graphs[c.name]["graphs_compiled_in_run"] = c.compile_info["graphs_compiled"]
     result["files"] = tables.write(result, cfg.output_dir) + plots.write(result, cfg.output_dir)
     return result
 

@@ -61,7 +61,7 @@ def build(ic: DictConfig, backbone: torch.nn.Module, device: torch.device) -> Li
             lineup.skipped.append({"section": "mixed", "name": f"lora_mixed_T{tasks}", "reason": str(why)})
     if ic.compile.backend:
         aot_one = [c for c in lineup.grid if c.name == "aot"]
-        lineup.grid += [C.compiled(c, ic.compile.backend, ic.compile.mode) for c in [grid_bare, *aot_one]]
+        lineup.grid += [C.compiled(c, ic.compile.backend) for c in [grid_bare, *aot_one]]
     return lineup
 
 

@@ -102,11 +102,13 @@ def markdown(result: dict) -> str:
     ]
     if result["compile"]:
         lines = [
-            [name, g["backend"], str(g["graph_count"]), str(g["graph_breaks"]), "; ".join(g["reasons"]) or "—"]
+            [name, g["backend"], "; ".join(g["reasons"]) or "—", str(g["graph_count"]), str(g["graph_breaks"]),
+             str(g.get("graphs_compiled_in_run", ""))]
             for name, g in result["compile"].items()
-        ]
-        parts.append("**torch.compile** (dynamic=True; graphs from torch._dynamo.explain)\n\n" + _table(
-            ["contender", "backend", "graphs", "graph breaks", "break reasons"], lines, text=2))  # fmt: skip
+        ]  # fmt: skip
+        head = ["contender", "backend", "break reasons", "graphs", "graph breaks", "graphs in the run"]
+        parts.append("**torch.compile** (dynamic=True; graphs and breaks of the first compilation; the run adds "
+                     "recompilations for new shapes)\n\n" + _table(head, lines, text=3))  # fmt: skip
     memory = result["memory"]
     tables = ", ".join(
         f"{m}: T={t['tasks']} {t['bytes'] / 1e9:.2f} GB ({t['location']})" for m, t in memory["tables"].items()
