@@ -58,6 +58,13 @@ def share_weights(backbone: nn.Module) -> nn.Module:
     return copy.deepcopy(backbone, memo)
 
 
+def _placed(model: nn.Module, backbone: nn.Module) -> nn.Module:
+    """`model` (a copy of `backbone` with a method attached: its new modules are fp32 on the CPU) on the
+    backbone's device and in its dtype, in eval mode; the shared weights are already there and stay shared."""
+    reference = next(backbone.parameters())
+    return model.to(reference.device, reference.dtype).eval()
+
+
 def _new_bytes(model: nn.Module, backbone: nn.Module) -> int:
     """Bytes of the tensors `model` holds that `backbone` does not (what a method attached)."""
     shared = {id(t) for t in (*backbone.parameters(), *backbone.buffers())}
@@ -128,7 +135,7 @@ def compiled(contender: Contender, backend: str) -> Contender:
 def ptuning_v2_prefix(backbone: nn.Module, length: int) -> Contender:
     model = share_weights(backbone)
     ptuning_v2.attach(model, ptuning_v2.PtuningV2Config(length=length, dropout=0.0))
-    model.eval()
+    model = _placed(model, backbone)
     run = lambda batch: _forward(model, batch)  # noqa: E731
     name, held = f"ptuning_v2_p{length}", _new_bytes(model, backbone)
     return Contender(name, "ptuning_v2", run, options={"length": length}, held_bytes=held, model=model)
@@ -137,7 +144,7 @@ def ptuning_v2_prefix(backbone: nn.Module, length: int) -> Contender:
 def ptuning_v1_prompt(backbone: nn.Module, length: int) -> Contender:
     model = share_weights(backbone)
     ptuning_v1.attach(model, ptuning_v1.PtuningV1Config(length=length))
-    model.eval()
+    model = _placed(model, backbone)
     run = lambda batch: _forward(model, batch)  # noqa: E731
     name, held = f"ptuning_v1_p{length}", _new_bytes(model, backbone)
     return Contender(name, "ptuning_v1", run, options={"length": length}, held_bytes=held, extra_positions=length)
@@ -147,7 +154,7 @@ def houlsby(backbone: nn.Module, cfg: adapter.AdapterConfig) -> Contender:
     model = share_weights(backbone)
     trained = adapter.attach(model, cfg)
     _randomize([p for name, p in trained.items() if ".adapter." in name], seed=0)
-    model.eval()
+    model = _placed(model, backbone)
     run = lambda batch: _forward(model, batch)  # noqa: E731
     return Contender("adapter", "adapter", run, options={"size": cfg.size}, held_bytes=_new_bytes(model, backbone))
 
@@ -161,7 +168,7 @@ def _lora(backbone: nn.Module, cfg: lora.LoraConfig, own_targets: bool = False) 
             target.weight = nn.Parameter(target.weight.detach().clone(), requires_grad=False)
     trained = lora.attach(model, cfg)
     _randomize([p for name, p in trained.items() if ".lora_B." in name], seed=0)
-    return model.eval()
+    return _placed(model, backbone)
 
 
 def _lora_options(backbone: nn.Module, cfg: lora.LoraConfig) -> dict:
@@ -200,7 +207,7 @@ def lora_mixed(backbone: nn.Module, tasks: int, cfg: lora.LoraConfig) -> Contend
         tuner.inject_adapter(tuner.model, name)
     for seed, name in enumerate(names[1:], start=1):
         _randomize([p for n, p in model.named_parameters() if n.endswith(f"lora_B.{name}.weight")], seed)
-    model.eval().requires_grad_(False)
+    model = _placed(model, backbone).requires_grad_(False)
 
     def run(batch: Batch) -> torch.Tensor:
         rows = batch.tasks if batch.tasks is not None else batch.task_ids.tolist()
