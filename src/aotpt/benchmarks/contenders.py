@@ -68,7 +68,8 @@ def _placed(model: nn.Module, backbone: nn.Module) -> nn.Module:
 def _new_bytes(model: nn.Module, backbone: nn.Module) -> int:
     """Bytes of the tensors `model` holds that `backbone` does not (what a method attached)."""
     shared = {id(t) for t in (*backbone.parameters(), *backbone.buffers())}
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values() if id(t) not in shared)
+    held = model.state_dict(keep_vars=True).values()  # the tensors themselves, not detached copies
+    return sum(t.numel() * t.element_size() for t in held if id(t) not in shared)
 
 
 def _randomize(params, seed: int) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import time
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -128,18 +129,20 @@ def _compile_first(contenders: list[Contender], vocab: int, device) -> dict[str,
     ids = torch.randint(0, vocab, (2, 16), generator=torch.Generator().manual_seed(0)).to(device)
     batch = Batch(ids, torch.ones_like(ids), torch.zeros(2, dtype=torch.long, device=device), [0, 0])
     for c in contenders:
-        before = dict(dynamo_counters["graph_break"])
+        before, began = dict(dynamo_counters["graph_break"]), time.perf_counter()
         with torch.no_grad():
             c.run(batch)
+        seconds = time.perf_counter() - began
         breaks = {k: v - before.get(k, 0) for k, v in dynamo_counters["graph_break"].items() if v > before.get(k, 0)}
         out[c.name] = {
             "backend": c.compile_info["backend"],
             "graph_count": c.compile_info["graphs_compiled"],
             "graph_breaks": sum(breaks.values()),
             "reasons": [reason.splitlines()[0] for reason in breaks],
+            "compile_s": seconds,
         }
-        log.info("%s: %d graph(s), %d graph break(s) %s", c.name, out[c.name]["graph_count"], sum(breaks.values()),
-                 list(breaks))  # fmt: skip
+        log.info("%s: compiled in %.0f s, %d graph(s), %d graph break(s) %s", c.name, seconds,
+                 out[c.name]["graph_count"], sum(breaks.values()), list(breaks))  # fmt: skip
     return out
 
 
@@ -174,7 +177,9 @@ def run(cfg: DictConfig) -> dict:
         )
     if ic.rounds < MIN_ROUNDS:
         log.warning("inference.rounds=%d: fewer than %d rounds, not figures to report", ic.rounds, MIN_ROUNDS)
+    began = time.perf_counter()
     lineup = L.build(ic, backbone, device)
+    log.info("%d + %d contenders built in %.0f s", len(lineup.grid), len(lineup.mixed), time.perf_counter() - began)
     vocab = config.vocab_size
     ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(0)).to(device)
     distinct = {c.name: distinct_outputs(c, ids, torch.ones_like(ids)) for c in lineup.mixed if c.tasks > 1}
