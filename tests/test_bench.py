@@ -59,6 +59,7 @@ TINY_INFERENCE = [
     "inference.mixed.tasks=[1,2]",
     "inference.aot.reparam.rank=4",
     "inference.compile.backend=aot_eager",
+    "inference.threads=1",
 ]
 
 

@@ -33,7 +33,7 @@ from aotpt.benchmarks.contenders import Batch, Contender, backbone_bytes, distin
 from aotpt.benchmarks.costs import analytic, backbone_flops_per_token
 from aotpt.benchmarks.memory import peak_memory
 from aotpt.benchmarks.serving import zipf_batches
-from aotpt.benchmarks.timing import fix_threads, interleaved, paired_ratios, spread
+from aotpt.benchmarks.timing import fixed_threads, interleaved, paired_ratios, spread
 from aotpt.cli import log
 from aotpt.errors import ConfigError, choices
 from aotpt.methods.aot.artifact import DTYPES as TABLE_DTYPES
@@ -166,7 +166,12 @@ def _onthefly_stats(lineup: L.Lineup) -> None:
 def run(cfg: DictConfig) -> dict:
     ic, device = cfg.inference, torch.device(cfg.device)
     check(ic)
-    threads = fix_threads(device, ic.threads)
+    with fixed_threads(device, ic.threads) as threads:
+        return _run(cfg, device, threads)
+
+
+def _run(cfg: DictConfig, device: torch.device, threads: int) -> dict:
+    ic = cfg.inference
     backbone = _backbone(cfg, device)
     config = backbone.config
     positions = usable_positions(config)

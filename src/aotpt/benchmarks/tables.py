@@ -43,32 +43,46 @@ def _table(head: list[str], lines: list[list[str]], text: int = 1) -> str:
 
 
 def _grid(result: dict, rows: list[dict]) -> str:
-    cells = list(dict.fromkeys(r["cell"] for r in rows))
+    """Per batch size: each contender's measured ratio beside its analytic one, per sequence length; then the
+    throughput of every cell and the per-token costs behind the analytic ratios."""
     names = list(dict.fromkeys(r["name"] for r in rows))
-    at = {(r["name"], r["cell"]): r for r in rows}
-    head = ["method", *[f"{c.replace('x', ' x ')}" for c in cells]]
-    ratio = [[n, *[_ratio(at[n, c]) if (n, c) in at else "skipped" for c in cells]] for n in names]
-    speed = [[n, *[f"{at[n, c]['throughput']:.1f}" if (n, c) in at else "—" for c in cells]] for n in names]
     lengths = list(dict.fromkeys(r["seq_len"] for r in rows))
-    cost_head = ["method", "extra FLOPs/token", "extra bytes/token", *[f"analytic ratio n={n}" for n in lengths]]
+    at = {(r["name"], r["batch_size"], r["seq_len"]): r for r in rows}
+    parts = [
+        f"**Ratio to the bare backbone**: median (interquartile range) of {result['rounds']} per-round paired "
+        "ratios, beside the analytic ratio; `bare_again` is the bare backbone timed as a second entry (the noise)"
+    ]
+    for batch in dict.fromkeys(r["batch_size"] for r in rows):
+        head = ["method", *[h for n in lengths for h in (f"n={n}", "analytic")]]
+        lines = []
+        for name in names:
+            cells = [at.get((name, batch, n)) for n in lengths]
+            lines.append([name, *[v for r in cells for v in _ratio_and_analytic(r)]])
+        parts += [f"batch {batch}:", _table(head, lines)]
+    cells = list(dict.fromkeys((r["batch_size"], r["seq_len"]) for r in rows))
+    speed = [
+        [name, *[f"{at[(name, *c)]['throughput']:.1f}" if (name, *c) in at else "—" for c in cells]] for name in names
+    ]
+    parts += [
+        "**Throughput** (sequences/s at the median time)",
+        _table(["method", *[f"{b} x {n}" for b, n in cells]], speed),
+    ]
     costs = []
-    for n in names:
-        first = next(r for r in rows if r["name"] == n)
-        by_len = {r["seq_len"]: r["analytic_ratio"] for r in rows if r["name"] == n}
-        flops, moved = f"{first['extra_flops_per_token']:,.0f}", f"{first['extra_bytes_per_token']:,.0f}"
-        costs.append([n, flops, moved, *[f"{by_len[n_]:.4f}" if n_ in by_len else "—" for n_ in lengths]])
-    return "\n\n".join(
-        [
-            f"**Ratio to the bare backbone** (batch x length; median and interquartile range of {result['rounds']} "
-            "per-round paired ratios; `bare_again` is the bare backbone timed as a second entry: the noise)",
-            _table(head, ratio),
-            "**Throughput** (sequences/s at the median time)",
-            _table(head, speed),
-            "**Analytic cost** (per token, beside the backbone's FLOPs; ptuning_v1's bytes and FLOPs at n=first "
-            "length; aot_onthefly: every row computed, an upper bound)",
-            _table(cost_head, costs),
-        ]
-    )
+    for name in names:
+        first = next(r for r in rows if r["name"] == name)
+        costs.append([name, f"{first['extra_flops_per_token']:,.0f}", f"{first['extra_bytes_per_token']:,.0f}"])
+    parts += [
+        f"**Analytic cost per token** beside the backbone's {result['backbone_flops_per_token']} FLOPs per token by "
+        "length (at the first length for `ptuning_v1`, whose cost grows with n; `aot_onthefly`: every row computed)",
+        _table(["method", "extra FLOPs/token", "extra bytes/token"], costs),
+    ]
+    return "\n\n".join(parts)
+
+
+def _ratio_and_analytic(row: dict | None) -> list[str]:
+    if row is None:
+        return ["skipped", "—"]
+    return [_ratio(row), f"{row['analytic_ratio']:.4f}"]
 
 
 def _mixed(rows: list[dict]) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -68,12 +69,17 @@ def interleaved(
     return times
 
 
-def fix_threads(device: torch.device, threads: int) -> int:
-    """On CPU, run intra-op work on exactly `threads` threads (timings are only comparable at a fixed count);
-    returns the count in force (recorded with every result)."""
+@contextmanager
+def fixed_threads(device: torch.device, threads: int) -> Iterator[int]:
+    """On CPU, run intra-op work on exactly `threads` threads inside the block (timings are only comparable at a
+    fixed count), then restore the count before; yields the count in force (recorded with every result)."""
+    before = torch.get_num_threads()
     if device.type == "cpu":
         torch.set_num_threads(threads)
-    return torch.get_num_threads()
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def spread(values: list[float]) -> dict[str, float]:
