@@ -226,3 +226,17 @@ def test_default_inference_grid_is_cpu_sized_and_full_is_the_gpu_preset():
     assert default.dtype == "fp32" and full.dtype in ("fp16", "bf16")
     assert len(full.batch_sizes) * len(full.seq_lens) > len(default.batch_sizes) * len(default.seq_lens)
     assert max(default.mixed.tasks) == 64 and default.mixed.batch_size >= 64
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_inference_suite_runs_on_cuda_in_half_precision(tmp_path):
+    """make test-gpu: fp16 backbone and tables, pinned host table, CUDA events, inductor on the device."""
+    overrides = [o for o in TINY_INFERENCE if not o.startswith("inference.compile")]
+    cfg = _compose(*overrides, "device=cuda", "inference.dtype=fp16", "inference.compile.backend=inductor")
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path)
+    result = bench.run(cfg)
+    assert result["device"] == "cuda" and all(row["throughput"] > 0 for row in result["rows"])
+    assert result["compile"]["aot_compiled"]["graph_breaks"] == 0
+    assert all(row["distinct_outputs"] for row in result["rows"] if row["tasks"] > 1)

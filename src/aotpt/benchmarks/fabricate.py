@@ -61,10 +61,14 @@ def random_run(
 @dataclass(frozen=True)
 class MemoryArtifact(Artifact):
     """A compiled task held in memory: random reparam weights, its table computed chunk by chunk from them
-    (`rows_blocked`, as export computes it) whenever a serving source reads it, never written or held whole.
+    whenever a serving source reads it, never written or held whole.
 
     Benchmarks serve T = 64 MiniLM tasks (9 GB of tables per mode) this way
     without writing 9 GB of files first; the sources cannot tell the difference.
+    Each chunk is one matrix product (export computes rows in blocks of
+    `ROW_BLOCK` so that on-the-fly rows match it bit for bit; timing needs no
+    such match, and one product is ~10x faster), so a table's rows may differ
+    from `mode=onthefly`'s in the last bit.
     """
 
     weights: dict[str, torch.Tensor] = field(default_factory=dict)  # "reparam.*"
@@ -76,12 +80,13 @@ class MemoryArtifact(Artifact):
     def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
         return {k[len(prefix) + 1 :]: v for k, v in self.weights.items() if k.startswith(prefix + ".")}
 
+    @torch.no_grad()
     def table_chunks(self, chunk_rows: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
         source = self.reparam(self.word_embeddings)
         device = self.word_embeddings.weight.device
         for start in range(0, self.vocab_size, chunk_rows):
             ids = torch.arange(start, min(start + chunk_rows, self.vocab_size), device=device)
-            yield start, source.rows_blocked(ids, self.dtype)  # (N, L*d)
+            yield start, source.rows(ids).to(self.dtype)  # (N, L*d)
 
 
 # Random AoT rows get this standard deviation: a bias that moves the hidden states (LayerNorm outputs, ~1)
