@@ -42,7 +42,7 @@ class Contender:
     options: dict = field(default_factory=dict)  # sizes the analytic cost needs (length, rank, ...)
     held_bytes: int = 0  # memory the setting holds beside the shared backbone (tables, weights, cache)
     extra_positions: int = 0  # positions it adds to every sequence (the soft prompt)
-    model: nn.Module | None = None  # what `run` calls (for torch._dynamo.explain)
+    model: nn.Module | None = None  # what `run` calls (its AoT hooks, the module torch.compile wraps)
     stats: dict = field(default_factory=dict)  # counters `run` keeps (onthefly cache hits), reported per cell
     compile_info: dict | None = None  # torch.compile variants: backend, graphs compiled so far
 
