@@ -153,7 +153,30 @@ class Reparam(UniqueRows, nn.Module):
         return out
 
 
-class KronReparam(Reparam):
+class FactoredReparam(Reparam):
+    """P = C(x) · W: a small code per token (kron: r², fc: r + 1) times one weight matrix (code width x L*d).
+
+    The padding key's rows are zeroed through its code (U x c values) rather
+    than through its rows (U x L*d values, twice: forward and backward).
+    """
+
+    def code(self, ids: torch.Tensor) -> torch.Tensor:
+        """C(ids): (N,) valid ids -> (N, c)."""
+        raise NotImplementedError
+
+    def weight(self) -> torch.Tensor:
+        """W: (c, L*d)."""
+        raise NotImplementedError
+
+    def compute(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.code(ids) @ self.weight()  # (N, L*d)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        real = (ids < self.vocab_size).unsqueeze(1)  # (N, 1): the padding key's code is zero, so is its row
+        return (self.code(ids.clamp(max=self.vocab_size - 1)) * real) @ self.weight()  # (N, L*d)
+
+
+class KronReparam(FactoredReparam):
     """Row x of (W_L ⊗ W_M) is kron(W_L[x // b], W_M[x % b]), so any row costs O(r² L d)."""
 
     def __init__(self, vocab_size: int, num_layers: int, hidden: int, rank: int, dropout: float) -> None:
@@ -166,15 +189,22 @@ class KronReparam(Reparam):
         self.W_R = nn.Parameter(torch.zeros(rank * rank, num_layers * hidden))
         self.dropout = nn.Dropout(dropout)
 
-    def compute(self, ids: torch.Tensor) -> torch.Tensor:
+    def code(self, ids: torch.Tensor) -> torch.Tensor:
         left = self.W_L[ids // self.b]  # (N, r)
         right = self.W_M[ids % self.b]  # (N, r)
-        kron = (left[:, :, None] * right[:, None, :]).reshape(len(ids), self.rank * self.rank)  # (N, r²)
-        return self.dropout(kron) @ self.W_R  # (N, L*d)
+        return self.dropout((left[:, :, None] * right[:, None, :]).reshape(len(ids), self.rank * self.rank))  # (N, r²)
+
+    def weight(self) -> torch.Tensor:
+        return self.W_R  # (r², L*d)
 
 
-class FcReparam(Reparam):
-    """P = f(E W1 + b1) W2 + b2 over the backbone's own frozen word embeddings E."""
+class FcReparam(FactoredReparam):
+    """P = f(E W1 + b1) W2 + b2 over the backbone's own frozen word embeddings E.
+
+    As a factored reparam the code is [f(E W1 + b1), 1] and W is [W2; b2], so
+    the bias b2 is part of the product and the padding key's zero code gives a
+    zero row.
+    """
 
     def __init__(
         self, word_embeddings: nn.Embedding, num_layers: int, hidden: int, rank: int, activation: str, dropout: float
@@ -190,9 +220,12 @@ class FcReparam(Reparam):
         nn.init.zeros_(self.down.weight)
         nn.init.zeros_(self.down.bias)
 
-    def compute(self, ids: torch.Tensor) -> torch.Tensor:
-        emb = self._embeddings[0](ids)  # (N, d_emb)
-        return self.down(self.dropout(self.act(self.up(emb))))  # (N, L*d)
+    def code(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(self.act(self.up(self._embeddings[0](ids))))  # (N, r)
+        return torch.cat([hidden, hidden.new_ones(len(ids), 1)], dim=1)  # (N, r + 1)
+
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.down.weight.T, self.down.bias[None]])  # (r + 1, L*d)
 
 
 class DenseReparam(Reparam):
