@@ -43,7 +43,8 @@ def recipe_keys() -> dict[str, set[str]]:
         "": (set(recipe) - {"defaults"}) | set(GROUP_NODES),
         "data": set(recipe["data"]),
         "optim": set(recipe["optim"]),
-        "model": {"name", "pretrained", "random_init"},
+        # the keys any conf/model file has (name, pretrained, random_init, architecture)
+        "model": set().union(*(yaml.safe_load(p.read_text()) or {} for p in (CONF_DIR / "model").glob("*.yaml"))),
         "task": {"name"},
     }
 

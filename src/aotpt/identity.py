@@ -52,6 +52,7 @@ NEUTRAL = (
     "data_dir",  # replaced by `data` in the identity: a fingerprint of the files' contents
     "data.num_workers",  # the order and RNG of batches do not depend on it (see resume.py)
     "model.name",  # a label; `pretrained` and `random_init` say what the model is
+    "model.architecture",  # read by benchmarks only (random weights of the same shape), not by training
     "trainer.default_root_dir",
     "trainer.log_every_n_steps",
     "trainer.enable_progress_bar",
