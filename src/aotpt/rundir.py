@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from aotpt.errors import AotptError, ConfigError, DataError
-from aotpt.identity import differences
 
 # Environment variables that carry a process's rank: torchrun/Lightning's ddp re-launch, and SLURM.
 RANK_VARS = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
@@ -52,6 +51,8 @@ def stored_result(output_dir: Path, ident: dict) -> dict | None:
     if stored.get("status") != "completed":
         return None
     if stored.get("identity") != ident:
+        from aotpt.identity import differences
+
         keys = differences(stored.get("identity") or {}, ident) if stored.get("identity") else ["identity (not stored)"]
         raise ConfigError(
             f"{output_dir} holds a finished run with other settings ({', '.join(keys[:8])}"
