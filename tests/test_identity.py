@@ -6,6 +6,7 @@ command line (composed in-process, the run dir resolved as Hydra would).
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 
@@ -36,6 +37,12 @@ def run_dir(*overrides: str, data_dir=FIXTURES) -> str:
     return folder.split("/logs/", 1)[1]
 
 
+@functools.cache
+def default_dir() -> str:
+    """The folder of the default command (computed once: most tests compare against it)."""
+    return run_dir()
+
+
 def test_folder_is_readable_prefix_plus_identity_hash():
     folder = run_dir("seed=3", "reparam=fc")
     assert re.fullmatch(r"runs/rte-tiny_bert-aot-fc/seed3-[0-9a-f]{8}", folder), folder
@@ -44,7 +51,7 @@ def test_folder_is_readable_prefix_plus_identity_hash():
 
 
 def test_explicit_defaults_and_spellings_give_the_same_folder():
-    default = run_dir()
+    default = default_dir()
     assert run_dir("reparam=kron") == default
     assert run_dir("method=aot", "reparam=kron", "method.reparam.rank=16") == default
     assert run_dir("optim.lr=0.001") == run_dir("optim.lr=1e-3") == default
@@ -55,10 +62,10 @@ def test_explicit_defaults_and_spellings_give_the_same_folder():
 def test_data_enters_by_content_not_path(tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(FIXTURES, copy)
-    assert run_dir(data_dir=copy) == run_dir()  # another machine's path, same files
+    assert run_dir(data_dir=copy) == default_dir()  # another machine's path, same files
     train_file = copy / "glue" / "RTE" / "train.tsv"
     train_file.write_text(train_file.read_text().replace("entailment\n", "not_entailment\n", 1))
-    assert run_dir(data_dir=copy) != run_dir()  # same path name, other data
+    assert run_dir(data_dir=copy) != default_dir()  # same path name, other data
 
 
 @pytest.mark.parametrize(
@@ -68,7 +75,7 @@ def test_data_enters_by_content_not_path(tmp_path):
      "trainer.max_epochs=3", "+trainer.max_steps=5", "callbacks.model_checkpoint.monitor=val/loss"],
 )  # fmt: skip
 def test_every_setting_that_can_change_results_changes_the_folder(override):
-    assert run_dir(override) != run_dir()
+    assert run_dir(override) != default_dir()
 
 
 @pytest.mark.parametrize(
@@ -77,7 +84,7 @@ def test_every_setting_that_can_change_results_changes_the_folder(override):
      "callbacks.progress_bar.refresh_rate=1", "trainer.num_sanity_val_steps=0", "run_name=mine"],
 )  # fmt: skip
 def test_display_and_bookkeeping_settings_do_not_change_the_identity(override):
-    assert run_dir(override).rsplit("-", 1)[1] == run_dir().rsplit("-", 1)[1]
+    assert run_dir(override).rsplit("-", 1)[1] == default_dir().rsplit("-", 1)[1]
 
 
 def test_accelerator_auto_is_the_device_kind_of_this_machine(train_cfg, monkeypatch):
@@ -110,4 +117,4 @@ def test_sweep_jobs_use_the_same_scheme(tmp_path):
     HydraConfig.instance().set_config(cfg)
     subdir = OmegaConf.select(cfg, "hydra.sweep.subdir")
     GlobalHydra.instance().clear()
-    assert "runs/" + subdir == run_dir()
+    assert "runs/" + subdir == default_dir()
