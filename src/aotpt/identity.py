@@ -29,7 +29,6 @@ resolved config, hence the same folder.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from pathlib import Path
@@ -223,6 +222,5 @@ def _run_subdir_resolver(_root_: DictConfig) -> str:
     """Hydra asks for the run folder before it creates it: every config mistake fails here, leaving no folder."""
     from aotpt.checks import check_config  # checks imports the model code; only needed when a CLI runs
 
-    cfg = copy.copy(_root_)
-    check_config(cfg)
-    return run_subdir(cfg)
+    check_config(_root_)
+    return run_subdir(_root_)

@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aotpt.atomic import write_json_atomic
 from aotpt.identity import group_id, run_id
 from aotpt.rundir import is_global_zero
 
-INTERRUPTS = (KeyboardInterrupt,)  # plus Lightning's SIGTERMException, matched by name (not exported)
+INTERRUPTS = (KeyboardInterrupt, SIGTERMException)  # Ctrl-C, and SLURM's SIGTERM before it kills a job
 
 
 class ResultsWriter(L.Callback):
@@ -63,7 +64,7 @@ class ResultsWriter(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         """Ctrl-C (and SLURM's SIGTERM) interrupt a run that can be resumed; anything else fails it."""
-        if isinstance(exception, INTERRUPTS) or type(exception).__name__ == "SIGTERMException":
+        if isinstance(exception, INTERRUPTS):
             self.status = "interrupted"
 
     def best(self) -> dict:

@@ -175,7 +175,6 @@ def run(cfg: DictConfig) -> dict:
 
 def _train(cfg: DictConfig, output_dir: Path, ident: dict) -> dict:
     results = ResultsWriter(output_dir / "results.json", OmegaConf.to_container(cfg, resolve=True), ident)
-    trainer = None
     try:
         L.seed_everything(cfg.seed, workers=True)
         ckpt_path = resume_path(cfg.ckpt_path, output_dir)
@@ -202,7 +201,7 @@ def _train(cfg: DictConfig, output_dir: Path, ident: dict) -> dict:
         results.status = "completed"
         # what was logged last; a run resumed from its final checkpoint logs nothing new and keeps the stored ones
         results.metrics = {**results.metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
-        if trainer.is_global_zero and results.status == "completed" and not trainer.fast_dev_run:
+        if trainer.is_global_zero and not trainer.fast_dev_run:
             _save_best(trainer, module, tokenizer, cfg, results)
             log.info("dev metrics per epoch (* = best):\n%s\nrun folder: %s", results.table(), output_dir)
     except KeyboardInterrupt:
@@ -228,9 +227,7 @@ def optimized_value(out: dict, name: str) -> float:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
-        out = run(cfg)
-        if out["status"] == "interrupted":
-            raise KeyboardInterrupt
+        out = run(cfg)  # an interrupted run raises KeyboardInterrupt: it stops a sweep
         name = cfg.get("optimized_metric")
         return optimized_value(out, name) if name else None
     except AotptError as err:
