@@ -69,6 +69,13 @@ def test_config_mistakes_are_one_line_before_anything_loads(train_cfg, nothing_l
     assert not Path(cfg.paths.output_dir).exists()
 
 
+def test_gpu_on_a_machine_without_one_fails_before_anything_loads(train_cfg, nothing_loads, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setattr("torch.backends.mps.is_available", lambda: False)
+    message = one_line(ConfigError, train.run, train_cfg("trainer=gpu"))
+    assert message.startswith("trainer.accelerator=gpu but this machine has no GPU")
+
+
 @pytest.mark.parametrize(
     "override",
     ["+trainer.max_steps=3", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",

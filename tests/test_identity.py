@@ -70,12 +70,19 @@ def test_data_enters_by_content_not_path(tmp_path):
 
 @pytest.mark.parametrize(
     "override",
-    ["trainer=gpu", "trainer.precision=bf16-mixed", "trainer.devices=2", "data.max_length=64", "seed=1",
+    ["trainer.precision=bf16-mixed", "trainer.devices=2", "data.max_length=64", "seed=1",
      "optim.lr=5e-3", "method.reparam.rank=8", "model.random_init.hidden_size=64", "data.eval_batch_size=8",
      "trainer.max_epochs=3", "+trainer.max_steps=5", "callbacks.model_checkpoint.monitor=val/loss"],
 )  # fmt: skip
 def test_every_setting_that_can_change_results_changes_the_folder(override):
     assert run_dir(override) != default_dir()
+
+
+def test_a_gpu_run_and_a_cpu_run_never_share_a_folder(monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert run_dir("trainer=gpu") != run_dir("trainer=cpu") != run_dir()  # auto: cuda on this (faked) machine
+    assert run_dir("trainer=gpu", "trainer.precision=32-true") == run_dir("trainer.precision=32-true")
 
 
 @pytest.mark.parametrize(

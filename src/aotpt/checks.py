@@ -164,6 +164,19 @@ def check_values(cfg: DictConfig) -> None:
     integer("data.num_workers", data.num_workers, low=0)
 
 
+def check_devices(cfg: DictConfig) -> None:
+    """A GPU asked for on a machine without one fails here, not after the model has loaded."""
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    mps = accelerator == "gpu" and torch.backends.mps.is_available()  # Lightning's "gpu" is CUDA or Apple's MPS
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not mps:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but this machine has no GPU (torch.cuda.is_available() is False); "
+            "use trainer=cpu, or trainer.accelerator=auto"
+        )
+
+
 def check_task(cfg: DictConfig) -> None:
     from aotpt.tasks import get_task
 
@@ -198,5 +211,6 @@ def check_config(cfg: DictConfig) -> None:
     """All of the above, cheapest first."""
     check_keys(cfg)
     check_values(cfg)
+    check_devices(cfg)
     check_task(cfg)
     check_max_length(cfg)
