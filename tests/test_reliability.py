@@ -142,10 +142,14 @@ def test_run_killed_mid_epoch_then_at_an_epoch_end_resumes_to_identical_tensors(
     assert _without_wall_time(_epochs(run_dir)) == _without_wall_time(uninterrupted["epochs"])
 
 
+# a checkpoint (mid-epoch or epoch end) and a short random delay after it, before the next save
+_RANDOM_KILLS = [(_DELAYS.choice([5, 8, 10, 15, 16]), _DELAYS.uniform(0.0, 0.1)) for _ in range(3)]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [_DELAYS.uniform(0.0, 1.5) for _ in range(3)], ids=lambda d: f"{d:.2f}s")
-def test_sigkilled_run_resumes_to_identical_tensors(tmp_path, uninterrupted, delay):
-    _kill_when(tmp_path, [], 5, delay)
+@pytest.mark.parametrize(("saved_at", "delay"), _RANDOM_KILLS, ids=lambda v: str(round(v, 2)))
+def test_sigkilled_run_resumes_to_identical_tensors(tmp_path, uninterrupted, saved_at, delay):
+    _kill_when(tmp_path, [], saved_at, delay)
     run_dir = _train(tmp_path, [])
     _assert_bitwise_equal(_final_tensors(run_dir), uninterrupted["tensors"])
     assert _without_wall_time(_epochs(run_dir)) == _without_wall_time(uninterrupted["epochs"])
