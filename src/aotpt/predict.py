@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> dict:
     if not cfg.input:
         raise ConfigError("input is required: python -m aotpt.predict artifacts='[a.safetensors,...]' input=req.jsonl")
     predictor, tokenizer = MultiTaskPredictor.load(
-        list(cfg.artifacts), cfg.mode, cfg.device, cfg.pretrained, cfg.cache_rows, cfg.dtype
+        list(cfg.artifacts), cfg.mode, cfg.device, cfg.pretrained, cfg.cache_bytes, cfg.dtype
     )
     output = Path(cfg.output)
     count = predict_file(predictor, tokenizer, Path(cfg.input), output, cfg.batch_size, cfg.max_length)
