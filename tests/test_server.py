@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
@@ -90,6 +89,16 @@ def server(artifacts, tmp_path_factory):
         yield proc
 
 
+def _worker_stats(server, ready, wait: float = 30) -> dict:
+    """The workers' reports from GET /tasks, once `ready(reports)` (workers report every second or so)."""
+    deadline = time.monotonic() + wait
+    while True:
+        workers = httpx.get(f"{server.url}/tasks", timeout=30).json()["workers"]
+        if ready(workers) or time.monotonic() > deadline:
+            return workers
+        time.sleep(0.2)
+
+
 def _post_all(url: str, bodies: list, workers: int = 8) -> list[httpx.Response]:
     """POST every body at once from `workers` threads (each its own client), in order."""
 
@@ -112,7 +121,7 @@ def test_concurrent_mixed_requests_get_exactly_what_predict_writes(server, artif
         _same_prediction(got, reference)
         assert got["id"] == request.get("id")
         assert got["truncated"] == (request.get("id") in ("long", "f"))  # cut to the task's trained max_length
-    stats = httpx.get(f"{server.url}/tasks", timeout=30).json()["workers"]
+    stats = _worker_stats(server, lambda w: sum(s["batches"]["requests"] for s in w.values()) >= len(REQUESTS))
     assert len(stats) == 2
     assert max(w["batches"]["largest"] for w in stats.values()) > 1  # concurrent requests were batched
     assert sum(w["batches"]["mixed"] for w in stats.values()) > 0  # ... rte and sst2 rows in one forward
@@ -179,7 +188,7 @@ def test_tasks_are_added_and_removed_while_serving_with_no_failed_request(server
             conflict = client.post("/tasks/cb", json={"path": str(artifacts["cb"])})
             assert conflict.status_code == 409 and "already served" in conflict.json()["error"]
             other = client.post("/tasks/rte2", json={"path": str(artifacts["roberta"])})
-            assert other.status_code == 422 and "model_type='bert'" in other.json()["error"], other.text
+            assert other.status_code == 422 and "model_type='roberta', the server has 'bert'" in other.json()["error"]
             missing = client.post("/tasks/x", json={"path": str(tmp_path / "nowhere.safetensors")})
             assert missing.status_code == 422 and "not an AoT artifact" in missing.json()["error"]
             assert client.post("/tasks/x", json={}).status_code == 422
@@ -219,7 +228,7 @@ def test_every_tier_serves_the_same_predictions(artifacts, tmp_path, mode):
     settings = ServeSettings(state_dir=str(tmp_path / "state"), mode=mode, cache_bytes=16 * (2 * 32 * 2 + 16))
     registry = Registry.create(settings.state_dir, paths, mode)
     gate = RequestGate(None, registry=registry, tokenizer=load_tokenizer(model_conf("tiny_bert")["pretrained"]))
-    api = AotAPI(settings)
+    api = AotAPI(settings, max_batch_size=len(REQUESTS))
     api.setup("cpu")
     try:
         for _ in range(2):  # the second round reads the cache
