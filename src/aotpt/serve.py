@@ -95,6 +95,7 @@ def run(cfg: DictConfig) -> None:
 
 def serve(cfg: DictConfig, registry: Registry) -> None:
     now = registry.snapshot()
+    registry.clear_reports()
     timeout = cfg.timeout if cfg.timeout and cfg.timeout > 0 else -1
     settings = ServeSettings(
         state_dir=str(registry.dir),

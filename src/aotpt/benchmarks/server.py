@@ -23,6 +23,7 @@ alike for the bare backbone and AoT).
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import statistics
 import tempfile
@@ -42,6 +43,7 @@ from aotpt.serving.launch import ServerProcess
 from aotpt.serving.requests import fields
 
 TABLE_MODES = ("device", "host", "mmap")  # the tiers that serve stored tables (the others: weights only)
+logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
 
 
 def vocabulary_words(pretrained: str) -> list[str]:

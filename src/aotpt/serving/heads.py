@@ -42,10 +42,16 @@ class HeadBank(nn.Module):
             setattr(self, name, new)
         self.widths += [0] * (slots - len(self.widths))
 
+    def reserve(self, slots: int) -> None:
+        """Room for `slots` heads at once (one copy instead of one per head added)."""
+        self._grow(slots, self.out_w.shape[1])
+
     def put(self, slot: int, state: dict[str, torch.Tensor]) -> None:
-        """Install a ClassificationHead's state dict (dense.weight, dense.bias, out.weight, out.bias) in `slot`."""
+        """Install a ClassificationHead's state dict (dense.weight, dense.bias, out.weight, out.bias) in `slot`;
+        past the slots there, grow by a quarter (adding tasks one by one copies the bank a few times, not each time)."""
         width = state["out.weight"].shape[0]
-        self._grow(slot + 1, width)
+        have = self.out_w.shape[0]
+        self._grow(slot + 1 if slot < have else max(slot + 1, have + have // 4), width)
         with torch.no_grad():
             self.dense_w[slot] = state["dense.weight"]
             self.dense_b[slot] = state["dense.bias"]

@@ -85,12 +85,13 @@ class LiveTasks:
     # -- following the registry -------------------------------------------------------------------------------
 
     def _watch(self) -> None:
-        last_report = time.monotonic()
+        reported, last_report = self.generation, time.monotonic()
         while not self._stop.wait(self.poll_s):
             try:
-                if self.load() or time.monotonic() - last_report > self.report_s:
-                    self.report()
-                    last_report = time.monotonic()
+                self.load()
+                if self.generation != reported or time.monotonic() - last_report > self.report_s:
+                    reported, last_report = self.generation, time.monotonic()
+                    self.report()  # at once when the tasks changed: POST /tasks waits for it
             except Exception:  # keep watching: a bad artifact must not stop the worker from following changes
                 log.exception("worker %s: reading the registry failed", self.worker)
 
@@ -114,7 +115,10 @@ class LiveTasks:
                     continue
                 self.failed.pop(name, None)
                 self._events.append((entry, prepared))
-            self._events += [(old, now.generation) for name, old in self.target.items() if name not in now.tasks]
+            for name, old in self.target.items():
+                if name not in now.tasks:
+                    self._events.append((old, now.generation))
+                    self.failed.pop(name, None)
             self.target, self.generation = dict(now.tasks), now.generation
             return True
 
@@ -147,19 +151,16 @@ class LiveTasks:
         return {"status": 410, "error": f"task {name} was removed", "field": "task"}
 
     def report(self) -> None:
-        self.registry.report(
-            self.worker,
-            {
-                "generation": self.generation,
-                "tasks": list(self.target),
-                "failed": self.failed,
-                "retiring": [r.entry.name for r in self.retiring],
-                "held_bytes": self.predictor.held_bytes(),
-                "cache": _cache_stats(self.predictor),
-                "batches": self.batches,
-                "device": str(self.predictor.backbone.device),
-            },
+        with self._lock:  # a consistent copy (the serving loop may be loading too)
+            status = {"generation": self.generation, "tasks": list(self.target), "failed": dict(self.failed)}
+        status.update(
+            retiring=[r.entry.name for r in self.retiring],
+            held_bytes=self.predictor.held_bytes(),
+            cache=_cache_stats(self.predictor),
+            batches=dict(self.batches),
+            device=str(self.predictor.backbone.device),
         )
+        self.registry.report(self.worker, status)
 
     # -- serving ----------------------------------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ class MultiTaskPredictor(nn.Module):
             backbone.add_module("aot", AotHooks(backbone, self.source))
             if hasattr(self.source, "reserve"):
                 self.source.reserve(len(artifacts))  # the device table: one allocation for all of them
+        self.heads.reserve(len(artifacts))
         for artifact, task in zip(artifacts, names, strict=True):
             self.add(artifact, task)
 

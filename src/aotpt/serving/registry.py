@@ -21,6 +21,7 @@ come back with the tasks it had (`state_dir=` the same folder).
 from __future__ import annotations
 
 import fcntl
+import functools
 import json
 import os
 import re
@@ -70,8 +71,9 @@ class Snapshot:
     backbone: dict
     tasks: dict[str, TaskEntry]
 
-    @property
+    @functools.cached_property
     def kinds(self) -> dict[str, str]:
+        """Served name -> TaskSpec name (every request reads it: built once per snapshot)."""
         return {name: entry.kind for name, entry in self.tasks.items()}
 
 
@@ -206,6 +208,11 @@ class Registry:
         return now.generation + 1
 
     # -- what the workers report ------------------------------------------------------------------------------
+
+    def clear_reports(self) -> None:
+        """Forget the reports of a previous run's workers (a server started again on this folder)."""
+        for path in (self.dir / "workers").glob("*.json"):
+            path.unlink()
 
     def report(self, worker: str, status: dict) -> None:
         write_json_atomic(self.dir / "workers" / f"{worker}.json", {**status, "pid": os.getpid()})

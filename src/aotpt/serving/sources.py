@@ -265,16 +265,27 @@ class OnTheFlyRows(_Tiered):
     """mode=onthefly: rows computed by each task's reparameterisation (on the device), exactly as export
     computed them (`rows_blocked`)."""
 
+    def __init__(self, template: Artifact, backbone: PreTrainedModel, cache_bytes: int) -> None:
+        super().__init__(template, backbone, cache_bytes)
+        self.weights = 0  # bytes of the stores' weights, kept as tasks come and go (1,000 tasks: no sum per report)
+
     def load(self, artifact: Artifact) -> nn.Module:
         self.check(artifact)
         return artifact.reparam(self._embeddings[0])
+
+    def put(self, slot: int, loaded: nn.Module) -> None:
+        super().put(slot, loaded)
+        self.weights += nbytes(loaded.state_dict().values())
+
+    def drop(self, slot: int) -> None:
+        self.weights -= nbytes(self.stores[slot].state_dict().values())
+        super().drop(slot)
 
     def fetch(self, store: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
         return store.rows_blocked(tokens.to(self.device), self.dtype)
 
     def held_bytes(self) -> dict[str, int]:
-        weights = sum(nbytes(s.state_dict().values()) for s in self.stores if s is not None)
-        return {**super().held_bytes(), "weights": weights}
+        return {**super().held_bytes(), "weights": self.weights}
 
 
 def build_source(mode: str, template: Artifact, backbone: PreTrainedModel, cache_bytes: int | None = None) -> _Slots:
