@@ -56,7 +56,7 @@ class LiveTasks:
         snapshot: Snapshot,
         worker: str,
         drain_s: float = 30.0,
-        poll_s: float = 0.2,
+        poll_s: float = 0.1,
         report_s: float = 1.0,
     ) -> None:
         self.predictor, self.tokenizer, self.registry, self.worker = predictor, tokenizer, registry, worker

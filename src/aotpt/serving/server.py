@@ -54,7 +54,7 @@ class ServeSettings:
     threads: int | None = None  # torch threads per worker (None: torch's default)
     pretrained: str | None = None  # another copy of the backbone the artifacts name
     drain_s: float = 60.0  # a removed task is kept this long for requests accepted before its removal
-    poll_s: float = 0.2  # how often a worker looks for task changes while idle
+    poll_s: float = 0.1  # how often a worker looks for task changes (one stat of tasks.json)
     report_s: float = 1.0  # how often a worker reports its state (GET /tasks)
 
 
