@@ -3,11 +3,19 @@ any backbone shape without training it (or downloading it)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+from transformers import PreTrainedModel
 
+from aotpt.backbones import layout
+from aotpt.errors import ConfigError
 from aotpt.methods import method_config, options_of
+from aotpt.methods.aot.artifact import Artifact
+from aotpt.methods.aot.reparam import FcConfig, KronConfig
 from aotpt.model import build_model, save_trained
 from aotpt.record import RunMeta
 from aotpt.tasks import get_task
@@ -48,6 +56,90 @@ def random_run(
     )
     save_trained(model, run_dir / "model" / "trained.safetensors", record)
     return record
+
+
+@dataclass(frozen=True)
+class MemoryArtifact(Artifact):
+    """A compiled task held in memory: random reparam weights, its table computed chunk by chunk from them
+    whenever a serving source reads it, never written or held whole.
+
+    Benchmarks serve T = 64 MiniLM tasks (9 GB of tables per mode) this way
+    without writing 9 GB of files first; the sources cannot tell the difference.
+    Each chunk is one matrix product (export computes rows in blocks of
+    `ROW_BLOCK` so that on-the-fly rows match it bit for bit; timing needs no
+    such match, and one product is ~10x faster), so a table's rows may differ
+    from `mode=onthefly`'s in the last bit.
+    """
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)  # "reparam.*"
+    word_embeddings: nn.Embedding | None = None  # the backbone's (fc reads them; they also give the device)
+
+    def check_file(self) -> None:
+        pass
+
+    def tensors(self, prefix: str) -> dict[str, torch.Tensor]:
+        return {k[len(prefix) + 1 :]: v for k, v in self.weights.items() if k.startswith(prefix + ".")}
+
+    @torch.no_grad()
+    def table_chunks(self, chunk_rows: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
+        source = self.reparam(self.word_embeddings)
+        device = self.word_embeddings.weight.device
+        for start in range(0, self.vocab_size, chunk_rows):
+            ids = torch.arange(start, min(start + chunk_rows, self.vocab_size), device=device)
+            yield start, source.rows(ids).to(self.dtype)  # (N, L*d)
+
+
+# Random AoT rows get this standard deviation: a bias that moves the hidden states (LayerNorm outputs, ~1)
+# visibly, so T tasks give T different outputs, as trained tables do.
+ROW_STD = 0.1
+
+
+def _random_reparam(cfg, backbone: PreTrainedModel, seed: int) -> nn.Module:
+    """The reparameterisation of `cfg` with random weights: its own init (seeded), then the parameters that
+    start at zero (kron's W_R, fc's W2 and b2; the rows are linear in them) drawn and scaled to rows of
+    std ROW_STD."""
+    config, word_embeddings = backbone.config, backbone.get_submodule(layout(backbone).word_embeddings)
+    vocab, device = word_embeddings.num_embeddings, word_embeddings.weight.device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        source = cfg.build(config.num_hidden_layers, config.hidden_size, vocab, word_embeddings).eval()
+        zero = [p for p in source.parameters() if not p.any()]
+        with torch.no_grad():
+            for p in zero:
+                p.normal_()
+            scale = ROW_STD / float(source.to(device).rows(torch.randint(0, vocab, (256,), device=device)).std())
+            for p in zero:
+                p.mul_(scale)
+    return source
+
+
+def memory_artifacts(backbone: PreTrainedModel, method: dict, count: int, dtype: str) -> list[MemoryArtifact]:
+    """`count` distinct tasks for `backbone` (random reparam weights drawn with seeds 0, 1, ...; rows of std
+    ROW_STD), tables in `dtype` (fp16 or bf16)."""
+    cfg = method_config(method)
+    if not isinstance(cfg.reparam, (KronConfig, FcConfig)):
+        raise ConfigError(f"reparam={cfg.reparam.name} for benchmark tables; accepted: fc, kron")
+    word_embeddings = backbone.get_submodule(layout(backbone).word_embeddings)
+    config, vocab = backbone.config, word_embeddings.num_embeddings
+    meta = {"dtype": dtype, "table_shape": [vocab, config.num_hidden_layers * config.hidden_size]}
+    out = []
+    for task in range(count):
+        source = _random_reparam(cfg.reparam, backbone, seed=task)
+        weights = {f"reparam.{name}": tensor.detach().cpu() for name, tensor in source.state_dict().items()}
+        record = RunMeta(
+            backbone=RANDOM_BACKBONE,
+            model_type=config.model_type,
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            vocab_size=vocab,
+            tokenizer_fingerprint=RANDOM_FINGERPRINT,
+            task=f"task{task}",
+            label_names=["0", "1"],
+            metrics=["accuracy"],
+            method=options_of(cfg),
+        )
+        out.append(MemoryArtifact(Path(f"<memory:task{task}>"), meta, record, weights, word_embeddings))
+    return out
 
 
 def synthetic_tasks(

@@ -13,7 +13,8 @@ from __future__ import annotations
 import functools
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -41,20 +42,44 @@ def interleaved(
     warmup: int,
     rounds: int,
     label: str = "",
+    progress: bool | None = None,
 ) -> dict[str, list[float]]:
     """Seconds per call of each runner `fn(i)` (i: the round, so runners can feed a fresh batch each round):
-    `warmup` untimed rounds, then `rounds` timed ones."""
+    `warmup` untimed rounds, then `rounds` timed ones. `progress` (default: 10 rounds or more) logs after the
+    warm-up and every fifth of the rounds, with the time left at the pace so far."""
+    progress = rounds >= 10 if progress is None else progress
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in range(warmup + rounds):
+    total, began, timed_from = warmup + rounds, time.perf_counter(), None
+    for i in range(total):
+        if i == warmup:
+            timed_from = time.perf_counter()
         shift = i % len(names)
         for name in names[shift:] + names[:shift]:  # rotate the order: no contender always runs first
             seconds = _seconds(functools.partial(runners[name], i), device)
             if i >= warmup:
                 times[name].append(seconds)
-        if rounds >= 10 and (i + 1) % max(1, (warmup + rounds) // 5) == 0:
-            log.info("%sround %d/%d", f"{label}: " if label else "", i + 1, warmup + rounds)
+        if progress and (i + 1 == warmup or (i + 1) % max(1, total // 5) == 0):
+            now = time.perf_counter()
+            per_round = (now - timed_from) / (i + 1 - warmup) if i >= warmup else now - began
+            log.info(
+                "%sround %d/%d (%.0f s so far, about %.0f s to go)",
+                f"{label}: " if label else "", i + 1, total, now - began, per_round * (total - i - 1),
+            )  # fmt: skip
     return times
+
+
+@contextmanager
+def fixed_threads(device: torch.device, threads: int) -> Iterator[int]:
+    """On CPU, run intra-op work on exactly `threads` threads inside the block (timings are only comparable at a
+    fixed count), then restore the count before; yields the count in force (recorded with every result)."""
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def spread(values: list[float]) -> dict[str, float]:

@@ -7,6 +7,6 @@ imports Lightning.
 """
 
 from aotpt.serving.predictor import BARE, DTYPES, MultiTaskPredictor
-from aotpt.serving.sources import MODES, build_source
+from aotpt.serving.sources import MODES, build_source, empty_source
 
-__all__ = ["BARE", "DTYPES", "MODES", "MultiTaskPredictor", "build_source"]
+__all__ = ["BARE", "DTYPES", "MODES", "MultiTaskPredictor", "build_source", "empty_source"]

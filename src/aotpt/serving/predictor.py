@@ -36,7 +36,7 @@ from aotpt.errors import AotptError, choices
 from aotpt.methods.aot.artifact import Artifact
 from aotpt.methods.aot.hooks import AotHooks, is_hooked
 from aotpt.serving.heads import HeadBank
-from aotpt.serving.sources import HELD, MODES, build_source
+from aotpt.serving.sources import HELD, MODES, empty_source
 
 log = logging.getLogger("aotpt")
 NO_ARTIFACTS = "artifacts=[] is empty; pass one artifact per task (python -m aotpt.export)"
@@ -73,7 +73,7 @@ class MultiTaskPredictor(nn.Module):
     artifacts: the tasks to start with (names: `names`, or each artifact's task; unique);
     fingerprint: `tokenizer_fingerprint` of the tokenizer that will feed it;
     mode: where the tables live, one of `sources.MODES` (or "bare");
-    cache_bytes: the hot-row cache's budget (`sources.build_source`).
+    cache_bytes: the hot-row cache's budget (`sources.empty_source`).
     """
 
     def __init__(
@@ -107,10 +107,9 @@ class MultiTaskPredictor(nn.Module):
         self.source = None
         artifacts[0].check_backbone(backbone, fingerprint, self.backbone_name)  # before building anything on it
         if mode != BARE:
-            self.source = build_source(mode, artifacts[0], backbone, cache_bytes)
+            self.source = empty_source(mode, artifacts[0], backbone, cache_bytes)
             backbone.add_module("aot", AotHooks(backbone, self.source))
-            if hasattr(self.source, "reserve"):
-                self.source.reserve(len(artifacts))  # the device table: one allocation for all of them
+            self.source.reserve(len(artifacts))  # device and host tables: one allocation for all of them
         self.heads.reserve(len(artifacts))
         for artifact, task in zip(artifacts, names, strict=True):
             self.add(artifact, task)

@@ -50,7 +50,7 @@ class ServeSettings:
     state_dir: str
     mode: str = "onthefly"
     dtype: str = "fp32"  # the backbone's and heads'
-    cache_bytes: int | None = None  # hot-row cache budget (`sources.build_source`)
+    cache_bytes: int | None = None  # hot-row cache budget (`sources.empty_source`)
     threads: int | None = None  # torch threads per worker (None: torch's default)
     pretrained: str | None = None  # another copy of the backbone the artifacts name
     drain_s: float = 60.0  # a removed task is kept this long for requests accepted before its removal

@@ -88,6 +88,9 @@ class _Slots(nn.Module):
         """The slow part of adding a task (read, map or build its rows' source); safe outside the serving loop."""
         raise NotImplementedError
 
+    def reserve(self, slots: int) -> None:
+        """Allocate for `slots` tasks at once, where the source stacks them."""
+
     def put(self, slot: int, loaded) -> None:
         raise NotImplementedError
 
@@ -215,16 +218,35 @@ class _Tiered(UniqueRows, _Slots):
 
 class HostTable(_Tiered):
     """mode=host: each table stays in host memory (pinned when CUDA is there, for async copies); a batch's rows
-    are gathered on the host and only those are copied to the device."""
+    are gathered on the host and only those are copied to the device.
+
+    The tasks a source starts with (`reserve`) share one stacked table, (S·|V| + 1, L*d) with the zero row
+    last (`table`: what other readers of the same rows share); tasks added later get a table each."""
 
     def __init__(self, template: Artifact, backbone: PreTrainedModel, cache_bytes: int) -> None:
         super().__init__(template, backbone, cache_bytes)
         self.pinned = torch.cuda.is_available()
+        # A plain tensor, not a buffer: moving the model to the GPU must leave it on the host.
+        self.table = torch.zeros(1, self.num_layers * self.hidden, dtype=self.dtype, pin_memory=self.pinned)
+
+    def reserve(self, slots: int) -> None:
+        """One stacked table for slots 0 .. `slots` - 1 (before any task is put)."""
+        if self.stores:
+            raise AotptError("reserve the host table before putting tasks in it")
+        width = self.num_layers * self.hidden
+        self.table = torch.empty(slots * self.vocab_size + 1, width, dtype=self.dtype, pin_memory=self.pinned)
+        self.table[-1] = 0
+
+    def put(self, slot: int, loaded: torch.Tensor) -> None:
+        if (slot + 1) * self.vocab_size < len(self.table):  # a slot of the stacked table: copy it in, keep the view
+            view = self.table[slot * self.vocab_size : (slot + 1) * self.vocab_size]
+            view.copy_(loaded)
+            loaded = view
+        super().put(slot, loaded)
 
     def load(self, artifact: Artifact) -> torch.Tensor:
         self.check(artifact)
         width = self.num_layers * self.hidden
-        # A plain tensor, not a buffer: moving the model to the GPU must leave it on the host.
         table = torch.empty(self.vocab_size, width, dtype=self.dtype, pin_memory=self.pinned)
         start = 0
         for chunk in table_rows(artifact, self._embeddings[0]):
@@ -238,12 +260,20 @@ class HostTable(_Tiered):
         return staging.to(self.device, non_blocking=self.pinned)
 
     def held_bytes(self) -> dict[str, int]:
-        return {**super().held_bytes(), "host_table": nbytes(s for s in self.stores if s is not None)}
+        stacked = self.table.data_ptr()
+        own = [s for s in self.stores if s is not None and s.untyped_storage().data_ptr() != stacked]
+        return {**super().held_bytes(), "host_table": nbytes([self.table, *own])}
 
 
 class MappedTable(HostTable):
     """mode=mmap: each table is the artifact file itself, memory-mapped (copy-on-write, never written): nothing
     is read at load; the rows a batch asks for are paged in by the OS, which also evicts them."""
+
+    def reserve(self, slots: int) -> None:
+        pass  # nothing to allocate: the files are the tables
+
+    def put(self, slot: int, loaded: torch.Tensor) -> None:
+        _Tiered.put(self, slot, loaded)
 
     def load(self, artifact: Artifact) -> torch.Tensor:
         self.check(artifact)
@@ -288,7 +318,18 @@ class OnTheFlyRows(_Tiered):
         return {**super().held_bytes(), "weights": self.weights}
 
 
-def build_source(mode: str, template: Artifact, backbone: PreTrainedModel, cache_bytes: int | None = None) -> _Slots:
+def build_source(
+    mode: str, artifacts: list[Artifact], backbone: PreTrainedModel, cache_bytes: int | None = None
+) -> _Slots:
+    """The bias source of serving mode `mode` serving `artifacts` (task t in slot t), on the backbone's device."""
+    source = empty_source(mode, artifacts[0], backbone, cache_bytes)
+    source.reserve(len(artifacts))
+    for slot, artifact in enumerate(artifacts):
+        source.put(slot, source.load(artifact))
+    return source
+
+
+def empty_source(mode: str, template: Artifact, backbone: PreTrainedModel, cache_bytes: int | None = None) -> _Slots:
     """An empty bias source of serving mode `mode` for tasks shaped like `template`, on the backbone's device.
 
     `cache_bytes`: the budget of the hot-row cache (host, mmap, onthefly); None picks `DEFAULT_CACHE_BYTES` for

@@ -6,13 +6,15 @@
 Hooks keep the backbone's own code untouched, so any family in
 `aotpt.backbones.LAYOUTS` works. Three kinds of hook cooperate:
 
-1. a pre-hook on the backbone reads the token ids x and the attention mask
-   and lets the bias source prepare the forward (`prepare(keys)`): compute
-   or fetch the rows of the batch's distinct keys, or nothing at all for a
-   table already on the device;
-2. a pre-hook on the encoder adds P_1[x] (`source.layer(state, 0)`) to its
-   input (the embeddings output, after any embedding projection), so every
-   layer-1 branch sees it (also DeBERTa-v2's convolution beside layer 1);
+1. a pre-hook on the backbone notes the token ids x and the attention mask;
+2. a pre-hook on the encoder lets the bias source prepare the forward
+   (`prepare(keys)`: compute or fetch the rows of the batch's distinct keys,
+   or nothing at all for a table already on the device), then adds P_1[x]
+   (`source.layer(state, 0)`) to its input (the embeddings output, after any
+   embedding projection), so every layer-1 branch sees it (also DeBERTa-v2's
+   convolution beside layer 1). Preparing here rather than in hook 1 keeps
+   `torch.compile(backbone)` one graph: a module's own hooks run outside its
+   compiled frame;
 3. a pre-hook on each layer l >= 2 adds P_l[x] to that layer's input.
 
 Each layer gathers its own (B, n, d) rows straight into its add: the (B, n,
@@ -144,6 +146,7 @@ class AotHooks(nn.Module):
             )
         self.source = source
         self._state: Any = None  # what the source prepared for the forward in flight
+        self._inputs: tuple | None = None  # (input_ids, attention_mask) of the forward in flight, until prepared
         self._task_ids: torch.Tensor | None = None  # (B,) inside `tasks(...)`, else None
         where = layout(backbone)
         self.vocab_size = backbone.get_submodule(where.word_embeddings).num_embeddings
@@ -172,12 +175,17 @@ class AotHooks(nn.Module):
         return keys
 
     def _read_ids(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """Only note the ids and mask: the backbone's own hooks run outside a `torch.compile(backbone)` graph, so
+        any work here would be a graph of its own; the encoder's hook (inside the graph) prepares the source."""
         input_ids, mask = _ids_and_mask(args, kwargs)
         if input_ids is None:
             raise ConfigError("method=aot needs input_ids: its bias is a function of the token ids, not inputs_embeds")
-        self._state = self.source.prepare(self.keys(input_ids, mask))
+        self._inputs = (input_ids, mask)
 
     def _add(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if index == 0:  # the encoder's pre-hook: once per forward, before any layer
+            self._state = self.source.prepare(self.keys(*self._inputs))
+            self._inputs = None
         bias = self.source.layer(self._state, index)  # (B, n, d)
         return _replace_hidden(args, kwargs, lambda hidden: add_bias(hidden, bias))
 
@@ -185,7 +193,7 @@ class AotHooks(nn.Module):
         # The rows of the last forward are part of an autograd graph: never copy or pickle them
         # (deepcopy, DDP spawn). They are kept between forwards so that gradient checkpointing,
         # which re-runs layers during backward, still finds them.
-        return {**self.__dict__, "_state": None}
+        return {**self.__dict__, "_state": None, "_inputs": None}
 
     @contextmanager
     def tasks(self, task_ids: torch.Tensor) -> Iterator[None]:
