@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 ARGS ?=
 
-.PHONY: install test test-full test-gpu train sweep export predict submit report bench bench-serving lint format clean
+.PHONY: install test test-full test-gpu train sweep export predict serve submit report bench bench-serving bench-server lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,9 @@ export:  ## e.g. make export ARGS="run_dir=logs/runs/rte-minilm-aot/seed42 dtype
 predict:  ## e.g. make predict ARGS="artifacts=[a/table.safetensors,b/table.safetensors] input=requests.jsonl mode=host"
 	$(BIN)/python -m aotpt.predict $(ARGS)
 
+serve:  ## e.g. make serve ARGS="artifacts=[a/table.safetensors,b/table.safetensors] mode=onthefly port=8000"
+	$(BIN)/python -m aotpt.serve $(ARGS)
+
 submit:  ## leaderboard files, e.g. make submit RUNS="[logs/runs/a/seed42,logs/runs/b/seed42]"
 	$(BIN)/python -m aotpt.submit runs=$(RUNS) data_dir=$(DATA_DIR) $(ARGS)
 
@@ -47,6 +50,9 @@ bench:  ## training step time of AoT vs full fine-tuning on MiniLM (batch 32 x 1
 
 bench-serving:  ## export + serving modes on a RoBERTa-base-sized random backbone
 	$(BIN)/python -m aotpt.bench suite=serving $(ARGS)
+
+bench-server:  ## load test of python -m aotpt.serve: bare backbone, 1..1,000 tasks, every tier (MiniLM)
+	$(BIN)/python -m aotpt.bench suite=server $(ARGS)
 
 lint:
 	$(BIN)/ruff check src tests

@@ -86,7 +86,7 @@ def test_host_table_serving_matches_the_device_table(device, two_tasks):
         predictor = MultiTaskPredictor(copy.deepcopy(backbone).to(device), artifacts, fingerprint, mode)
         if mode == "host":
             source = predictor.backbone.aot.source
-            assert source.table.device.type == "cpu" and source.table.is_pinned() == (device == "cuda")
+            assert all(t.device.type == "cpu" and t.is_pinned() == (device == "cuda") for t in source.stores)
         logits[mode] = torch.cat(predictor(task_ids=task_ids, **inputs))
     torch.testing.assert_close(logits["host"], logits["device"], rtol=0, atol=0)
 

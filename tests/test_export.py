@@ -117,3 +117,32 @@ def test_cli_train_folder_feeds_the_export_cli(tmp_path):
     export_cmd = [sys.executable, "-m", "aotpt.export", f"run_dir={run_dir}"]
     subprocess.run(export_cmd, check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
     assert (run_dir / "model" / "table.safetensors").exists()
+
+
+@pytest.mark.parametrize("reparam", ["kron", "fc"])
+def test_weights_only_artifact_holds_no_table_and_serves_the_same_rows(tmp_path, reparam):
+    """`table=false`: head + reparam weights only (MBs, not the |V| x L*d table); every mode that can serve it
+    (rows on the fly, or its table computed at load) gives the full artifact's logits bit for bit."""
+    run_dir, tm = make_run(tmp_path, "rte", reparam)
+    full = Artifact.load(export_cli.export(run_dir))
+    weights = Artifact.load(export_cli.export(run_dir, table=False))
+    assert weights.path.name == "weights.safetensors" and not weights.has_table and weights.has_weights
+    assert "table" not in load_file(str(weights.path)) and weights.meta["table_shape"] == [30522, 2 * 32]
+    assert weights.path.stat().st_size < full.path.stat().st_size / 10
+    tokenizer = load_tokenizer(model_conf("tiny_bert")["pretrained"])
+    inputs = batch(tokenizer, TEXTS)
+    fingerprint = full.record.tokenizer_fingerprint
+    reference = MultiTaskPredictor(plain_backbone(tm), [full], fingerprint)
+    want = torch.stack(reference(task_ids=torch.zeros(2, dtype=torch.long), **inputs))
+    for mode in ("onthefly", "device", "host"):
+        predictor = MultiTaskPredictor(plain_backbone(tm), [weights], fingerprint, mode)
+        got = torch.stack(predictor(task_ids=torch.zeros(2, dtype=torch.long), **inputs))
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=lambda m, mode=mode: f"{mode}: {m}")
+    with pytest.raises(AotptError, match="weights-only artifact .* has no table to map; serve it with mode=onthefly"):
+        MultiTaskPredictor(plain_backbone(tm), [weights], fingerprint, "mmap")
+
+
+def test_weights_only_export_of_a_dense_table_is_refused(tmp_path):
+    run_dir, _ = make_run(tmp_path, "rte", "dense")
+    with pytest.raises(AotptError, match="table=false: a DenseReparam's weights are as large as its table"):
+        export_cli.export(run_dir, table=False)

@@ -21,6 +21,7 @@ from aotpt.methods.aot.artifact import Artifact
 from aotpt.model import save_trained
 from aotpt.record import read_run
 from aotpt.serving import MultiTaskPredictor
+from aotpt.serving.cache import RowCache
 from conftest import REPO, model_conf
 from helpers import TEXTS, batch, make_run, plain_backbone
 
@@ -93,26 +94,31 @@ def test_predict_returns_label_names_and_scores(three_tasks):
     assert isinstance(stsb["label"], float) and stsb["scores"] == {"value": stsb["label"]}
 
 
-def test_three_serving_modes_agree_and_report_memory(three_tasks):
+def test_every_serving_mode_agrees_and_reports_memory(three_tasks):
     _, _, tokenizer, _ = three_tasks
     outputs, held = {}, {}
-    for mode in ("device", "host", "onthefly"):
-        predictor = _predictor(three_tasks, mode, cache_rows=16)  # fewer rows than one batch's unique tokens
+    row = 2 * 32 * 2  # L*d values of fp16
+    for mode in ("device", "host", "mmap", "onthefly"):
+        predictor = _predictor(three_tasks, mode, cache_bytes=16 * (row + 16))  # fewer rows than a batch's tokens
         outputs[mode] = [torch.cat(_logits(predictor, tokenizer, ROWS)) for _ in range(2)]
         held[mode] = predictor.held_bytes()
-    for mode in ("host", "onthefly"):  # the same rows bit for bit, so the same logits
+    for mode in ("host", "mmap", "onthefly"):  # the same rows bit for bit, so the same logits
         for got, want in zip(outputs[mode], outputs["device"], strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)
-    table = (3 * 30522 + 1) * 2 * 32 * 2  # (tasks x |V| + the zero row for padding) x L*d x fp16
-    assert held["device"] == {"device_table": table, "host_table": 0, "weights": 0, "cache": 0}
-    assert held["host"] == {"device_table": 0, "host_table": table, "weights": 0, "cache": 0}
-    assert held["onthefly"]["cache"] == 16 * 2 * 32 * 2 and 0 < held["onthefly"]["weights"] < table
-    assert held["onthefly"]["device_table"] == held["onthefly"]["host_table"] == 0
+    table = (3 * 30522 + 1) * row  # (tasks x |V| + the zero row for padding) x L*d x fp16
+    heads = 3 * (32 * 32 + 32 + 3 * 32 + 3) * 4  # dense + out of 3 slots, out padded to the widest (3 labels)
+    none = {"device_table": 0, "host_table": 0, "mapped": 0, "weights": 0, "cache": 0, "heads": heads}
+    cache = 16 * (row + 16)  # exactly the budget: 16 rows, their keys and stamps
+    assert held["device"] == {**none, "device_table": table}  # the device table needs no cache
+    assert held["host"] == {**none, "host_table": table, "cache": cache}
+    assert held["mmap"] == {**none, "mapped": table - row, "cache": cache}
+    assert 0 < held["onthefly"]["weights"] < table
+    assert held["onthefly"] == {**none, "cache": cache, "weights": held["onthefly"]["weights"]}
 
 
 def test_onthefly_cache_hits_repeated_rows(three_tasks):
     _, _, tokenizer, _ = three_tasks
-    predictor = _predictor(three_tasks, "onthefly", cache_rows=4096)
+    predictor = _predictor(three_tasks, "onthefly", cache_bytes=4096 * (2 * 32 * 2 + 16))
     first = _logits(predictor, tokenizer, ROWS)
     source = predictor.backbone.aot.source
     misses = source.misses
@@ -152,7 +158,7 @@ def test_bad_combinations_are_refused(three_tasks, tmp_path):
     fingerprint = artifacts[0].record.tokenizer_fingerprint
     with pytest.raises(AotptError, match="two artifacts for task 'rte'"):
         MultiTaskPredictor(copy.deepcopy(backbone), [artifacts[0], artifacts[0]], fingerprint)
-    with pytest.raises(AotptError, match="unknown mode='gpu'; accepted: device, host, onthefly"):
+    with pytest.raises(AotptError, match="unknown mode='gpu'; accepted: bare, device, host, mmap, onthefly"):
         MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, "gpu")
     with pytest.raises(AotptError, match="unknown task='mnli'; loaded: rte, cb, stsb"):
         _predictor(three_tasks).task_id("mnli")
@@ -240,7 +246,7 @@ def test_every_mode_returns_the_table_rows_bit_for_bit_whatever_the_cache_histor
     def source(mode, **kwargs):
         return MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, mode, **kwargs).backbone.aot.source
 
-    device, host, onthefly = source("device"), source("host"), source("onthefly", cache_rows=64)
+    device, host, onthefly = source("device"), source("host"), source("onthefly", cache_bytes=64 * (6 * 384 * 2 + 16))
     g = torch.Generator().manual_seed(0)
     keys = torch.randint(0, 2 * 3000, (300,), generator=g)
     groups = [keys[i : i + 1] for i in range(40)]  # one miss at a time
@@ -297,3 +303,65 @@ def test_artifacts_of_the_first_format_still_load_and_predict_the_same(mode):
     for new, old in zip(got, expected["predictions"], strict=True):
         assert new["task"] == old["task"] and new["label"] == old["label"]
         assert new["scores"] == pytest.approx(old["scores"], abs=1e-6)
+
+
+def test_the_row_cache_holds_no_more_than_its_budget_and_keeps_recent_rows():
+    """Rows, keys and stamps are allocated once within the byte budget; a set keeps its most recently used keys."""
+    width, budget = 64, 100_000
+    cache = RowCache(budget, width, torch.float16, "cpu")
+    assert cache.nbytes() <= budget and len(cache) == budget // (width * 2 + 16) // 8 * 8
+    assert cache.nbytes() == len(cache) * (width * 2 + 16)  # exactly what it reports, nothing else
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randperm(10_000, generator=g)[:5000]  # far more keys than slots: every set gets more than its ways
+    rows = torch.randn(5000, width, generator=g).half()
+    assert (cache.lookup(keys) == -1).all()
+    cache.insert(keys, rows)
+    slots = cache.lookup(keys)
+    cached = slots >= 0
+    assert cached.sum() == len(cache)  # every slot filled, the rest not cached
+    torch.testing.assert_close(cache.rows[slots[cached]], rows[cached], rtol=0, atol=0)
+    assert cache.nbytes() <= budget  # inserting never allocates
+    # LRU within a set: a set of 8 ways, full; one key used again; a ninth key evicts another one
+    cache = RowCache(budget, width, torch.float16, "cpu")
+    candidates = torch.arange(100_000)
+    same = candidates[cache._set(candidates) == 0][:9]  # keys of one set
+    cache.insert(same[:8], torch.zeros(8, width).half())
+    assert (cache.lookup(same[:8]) >= 0).all()
+    cache.lookup(same[:1])  # the most recently used now
+    cache.lookup(same[8:])  # a miss
+    cache.insert(same[8:], torch.ones(1, width).half())
+    assert (cache.lookup(same[[0, 8]]) >= 0).all() and (cache.lookup(same[1:8]) >= 0).sum() == 6
+    cache.forget(0, 100_000)
+    assert (cache.lookup(same) == -1).all()
+    with pytest.raises(AotptError, match="cache_bytes=100 holds no row: one row of 64 values takes 144 bytes"):
+        RowCache(100, width, torch.float16, "cpu")
+
+
+@pytest.mark.parametrize("mode", ["device", "host", "mmap", "onthefly"])
+def test_tasks_are_added_and_removed_between_forwards(three_tasks, mode):
+    """A removed task's slot is reused by the next task added, whose rows (not the cached rows of the task before
+    it) and head it then serves: the same logits as a predictor built with it from the start."""
+    artifacts, _, tokenizer, backbone = three_tasks
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
+    predictor = MultiTaskPredictor(copy.deepcopy(backbone), artifacts[:2], fingerprint, mode, cache_bytes=1 << 20)
+    rows = [r for r in ROWS if r[0] != "stsb"]
+    before = _logits(predictor, tokenizer, rows)  # fills the cache with rte's and cb's rows
+    predictor.remove("rte")
+    assert predictor.tasks == ["cb"]
+    with pytest.raises(AotptError, match="unknown task='rte'; loaded: cb"):
+        predictor.task_id("rte")
+    with pytest.raises(AotptError, match="task id 0 is a free slot"):
+        predictor(task_ids=torch.tensor([0]), **batch(tokenizer, [TEXTS[0]]))
+    assert predictor.add(artifacts[2], "sts-b") == 0  # stsb, in rte's old slot
+    assert predictor.tasks == ["sts-b", "cb"]
+    with pytest.raises(AotptError, match="two artifacts for task 'cb'"):
+        predictor.add(artifacts[1])
+    mixed = [("sts-b", *r[1:]) if r[0] == "rte" else r for r in rows]
+    fresh = MultiTaskPredictor(
+        copy.deepcopy(backbone), [artifacts[2], artifacts[1]], fingerprint, mode, names=["sts-b", "cb"]
+    )
+    for got, want in zip(_logits(predictor, tokenizer, mixed), _logits(fresh, tokenizer, mixed), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for got, want, row in zip(_logits(predictor, tokenizer, mixed), before, mixed, strict=True):
+        if row[0] == "cb":  # cb never moved: its logits did not change either
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -6,6 +6,7 @@ all); this CLI picks one, prints its table and writes its JSON.
     train_step : optimiser steps of each method, ratio to full fine-tuning
     serving    : export + the serving modes of AoT on a RoBERTa-base-sized random backbone
     inference  : the forward pass of AoT against the bare backbone and every baseline (ratios, plots)
+    server     : a load test of `python -m aotpt.serve` (bare backbone, 1..1,000 tasks, every tier)
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from aotpt.atomic import write_json_atomic
-from aotpt.benchmarks import inference, serving, train_step
+from aotpt.benchmarks import inference, server, serving, train_step
 from aotpt.cli import CONF_DIR, entry, one_line_errors
 from aotpt.errors import choices
 
 # suite -> the module that runs it (`run(cfg) -> dict`) and prints its table (`show(result)`)
-SUITES = {"train_step": train_step, "serving": serving, "inference": inference}
+SUITES = {"train_step": train_step, "serving": serving, "inference": inference, "server": server}
 
 
 def run(cfg: DictConfig) -> dict:

@@ -1,6 +1,6 @@
 """Compile a trained AoT run into a serving artifact, ahead of time.
 
-    python -m aotpt.export run_dir=logs/runs/<run folder> [dtype=bf16] [chunk_rows=4096] [output=...]
+    python -m aotpt.export run_dir=logs/runs/<run folder> [dtype=bf16] [chunk_rows=4096] [output=...] [table=false]
 
 Reads the run's `model/trained.safetensors` and its record (`aotpt.record`),
 rebuilds only what the table needs — the reparameterisation, plus the
@@ -11,6 +11,11 @@ writes `<output>.safetensors` (table, head, reparam weights for
 `mode=onthefly`) and `<output>.json` (the run record and the artifact's own
 metadata, format `artifact.FORMAT`), each atomically.
 Default output: <run_dir>/model/table.safetensors.
+
+`table=false` writes a weights-only artifact (head + reparam weights, no
+table; default output <run_dir>/model/weights.safetensors): MBs instead of
+the table's |V| x L·d values, for serving many tasks with rows computed on the
+fly (`aotpt.serve mode=onthefly`); kron and fc only.
 """
 
 from __future__ import annotations
@@ -29,14 +34,21 @@ from aotpt.backbones import load_word_embeddings
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.errors import AotptError, ConfigError, choices
 from aotpt.methods.aot.artifact import DTYPES, FORMAT, compile_tensors
-from aotpt.record import read_run
+from aotpt.record import RunMeta, read_run
 
 # where a TaskModel keeps the AoT source and the head (trained.safetensors names its tensors so)
 SOURCE, HEAD = "backbone.aot.source.", "head."
 
 
-def export(run_dir: str | Path, dtype: str = "fp16", chunk_rows: int = 4096, output: str | Path | None = None) -> Path:
-    """Write the artifact of the AoT run in `run_dir`; returns the .safetensors path."""
+def export(
+    run_dir: str | Path,
+    dtype: str = "fp16",
+    chunk_rows: int = 4096,
+    output: str | Path | None = None,
+    table: bool = True,
+) -> Path:
+    """Write the artifact of the AoT run in `run_dir` (weights only with `table=False`); returns the .safetensors
+    path."""
     if dtype not in DTYPES:
         raise choices("dtype", dtype, DTYPES)
     if chunk_rows < 1:
@@ -57,33 +69,40 @@ def export(run_dir: str | Path, dtype: str = "fp16", chunk_rows: int = 4096, out
     source = method.reparam.build(record.num_layers, record.hidden_size, record.vocab_size, embeddings)
     source.load_state_dict({k.removeprefix(SOURCE): v for k, v in state.items() if k.startswith(SOURCE)})
     head = {k.removeprefix(HEAD): v for k, v in state.items() if k.startswith(HEAD)}
-    tensors = compile_tensors(source.eval(), head, DTYPES[dtype], chunk_rows)
+    tensors = compile_tensors(source.eval(), head, DTYPES[dtype], chunk_rows, table)
     del source, embeddings
 
-    out = Path(output) if output else trained.with_name("table.safetensors")
+    out = Path(output) if output else trained.with_name("table.safetensors" if table else "weights.safetensors")
+    extra = {"source_run": str(Path(run_dir).resolve()), "export_s": round(time.perf_counter() - start, 3)}
+    write_artifact(out, tensors, record, dtype, extra)
+    log.info("exported %s (%s, %.1f MB%s)", out, dtype, out.stat().st_size / 1e6, "" if table else ", weights only")
+    return out
+
+
+def write_artifact(out: Path, tensors: dict, record: RunMeta, dtype: str, extra: dict | None = None) -> None:
+    """Write `out` (.safetensors: `compile_tensors`' tensors) and its .json metadata, each atomically."""
     with atomic_path(out) as tmp:
         save_file(tensors, str(tmp))
+    shape = [record.vocab_size, record.num_layers * record.hidden_size]
     write_json_atomic(
         out.with_suffix(".json"),
         {
             "format": FORMAT,
             "run": record.with_(trainable=[]).to_dict(),
             "dtype": dtype,
-            "table_shape": list(tensors["table"].shape),
+            "table_shape": list(tensors["table"].shape) if "table" in tensors else shape,
+            "table": "table" in tensors,  # False: weights only, rows computed from the reparam weights
             "onthefly": any(k.startswith("reparam.") for k in tensors),  # reparam weights stored
-            "source_run": str(Path(run_dir).resolve()),
             "aotpt_version": __version__,
-            "export_s": round(time.perf_counter() - start, 3),
+            **(extra or {}),
         },
     )
-    log.info("exported %s (%s, %.1f MB)", out, dtype, out.stat().st_size / 1e6)
-    return out
 
 
 def run(cfg: DictConfig) -> dict:
     if not cfg.run_dir:
         raise ConfigError("run_dir is required: python -m aotpt.export run_dir=logs/runs/<run folder>")
-    path = export(cfg.run_dir, cfg.dtype, cfg.chunk_rows, cfg.output)
+    path = export(cfg.run_dir, cfg.dtype, cfg.chunk_rows, cfg.output, cfg.table)
     print(f"written: {path} and {path.with_suffix('.json').name}")
     return {"artifact": str(path)}
 

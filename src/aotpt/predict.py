@@ -13,6 +13,7 @@ line: {"line", "id" (if given), "task", "label", "scores"}, in input order.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import hydra
@@ -23,13 +24,16 @@ from aotpt.atomic import atomic_open
 from aotpt.cli import CONF_DIR, entry, one_line_errors
 from aotpt.errors import ConfigError, DataError
 from aotpt.serving import MultiTaskPredictor
-from aotpt.tasks import get_task
+from aotpt.serving.requests import RequestError, request_texts
 
 
-def read_requests(path: Path, tasks: list[str]) -> list[tuple[int, dict, str, str | None]]:
-    """(line number, request, text_a, text_b) per non-blank line; any bad line is a DataError naming path:line."""
+def read_requests(path: Path, tasks: Sequence[str] | Mapping[str, str]) -> list[tuple[int, dict, str, str | None]]:
+    """(line number, request, text_a, text_b) per non-blank line; any bad line is a DataError naming path:line.
+
+    `tasks`: the served task names, or a mapping of each name to the task it was trained on (its `TaskSpec`)."""
     if not path.is_file():
         raise ConfigError(f"input={path} does not exist")
+    kinds = tasks if isinstance(tasks, Mapping) else {task: task for task in tasks}
     requests = []
     with path.open(encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
@@ -40,17 +44,11 @@ def read_requests(path: Path, tasks: list[str]) -> list[tuple[int, dict, str, st
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise DataError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict) or row.get("task") not in tasks:
-                task = row.get("task") if isinstance(row, dict) else None
-                raise DataError(f"{where}: task={task!r} is not loaded; accepted: {', '.join(tasks)}")
             try:
-                example = get_task(row["task"]).build({**row, "idx": line_no, "label": None})
-            except KeyError as err:
-                raise DataError(f"{where}: task {row['task']} needs field {err.args[0]!r}") from None
-            texts = (example["text_a"], example["text_b"])
-            if not all(isinstance(t, str) for t in texts if t is not None):
-                raise DataError(f"{where}: the text fields of task {row['task']} must be strings")
-            requests.append((line_no, row, *texts))
+                _, text_a, text_b = request_texts(row, kinds)
+            except RequestError as err:
+                raise DataError(f"{where}: {err}") from None
+            requests.append((line_no, row, text_a, text_b))
     return requests
 
 
@@ -65,7 +63,7 @@ def predict_file(
     """Predict every request of `input_path` into `output_path` (written atomically); returns the count."""
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be a positive integer")
-    requests = read_requests(input_path, predictor.tasks)
+    requests = read_requests(input_path, {task: predictor.served(task).kind for task in predictor.tasks})
     with atomic_open(output_path) as f, tqdm(total=len(requests), desc="predicting", unit="req", disable=None) as bar:
         for start in range(0, len(requests), batch_size):
             chunk = requests[start : start + batch_size]
@@ -81,7 +79,7 @@ def run(cfg: DictConfig) -> dict:
     if not cfg.input:
         raise ConfigError("input is required: python -m aotpt.predict artifacts='[a.safetensors,...]' input=req.jsonl")
     predictor, tokenizer = MultiTaskPredictor.load(
-        list(cfg.artifacts), cfg.mode, cfg.device, cfg.pretrained, cfg.cache_rows, cfg.dtype
+        list(cfg.artifacts), cfg.mode, cfg.device, cfg.pretrained, cfg.cache_bytes, cfg.dtype
     )
     output = Path(cfg.output)
     count = predict_file(predictor, tokenizer, Path(cfg.input), output, cfg.batch_size, cfg.max_length)

@@ -28,6 +28,7 @@ from aotpt.methods.aot.artifact import DTYPES as TABLE_DTYPES
 from aotpt.methods.aot.artifact import nbytes
 from aotpt.methods.lora import LoraConfig
 from aotpt.serving import build_source
+from aotpt.serving.cache import BOOKKEEPING
 
 GB = 1e9
 MODE_METHOD = {"device": "aot", "host": "aot_host", "onthefly": "aot_onthefly", "before": "aot_before"}
@@ -79,7 +80,8 @@ def _aot(ic: DictConfig, backbone: torch.nn.Module, device: torch.device, lineup
         wanted["before"] = wanted["device"]
     where = {mode: "cpu" if mode == "host" else device.type for mode in wanted}
     one = memory_artifacts(backbone, OmegaConf.to_container(ic.aot, resolve=True), 1, ic.table_dtype)[0]
-    weights, cache = nbytes(one.weights.values()), ic.cache_rows * layers * hidden * itemsize
+    # the onthefly cache's budget in bytes: cache_rows rows and their keys and stamps (aotpt.serving.cache)
+    weights, cache = nbytes(one.weights.values()), ic.cache_rows * (layers * hidden * itemsize + BOOKKEEPING)
 
     def need(mode: str, tasks: int) -> int:
         return tasks * weights + cache if mode == "onthefly" else table_bytes(vocab, layers, hidden, tasks, itemsize)
@@ -114,7 +116,7 @@ def _aot(ic: DictConfig, backbone: torch.nn.Module, device: torch.device, lineup
     sources = {}
     for mode in ("device", "host", "onthefly"):
         if caps.get(mode):
-            sources[mode] = build_source(mode, artifacts[: caps[mode]], backbone, ic.cache_rows)
+            sources[mode] = build_source(mode, artifacts[: caps[mode]], backbone, cache if mode == "onthefly" else 0)
     if caps.get("before"):
         host = sources.get("host")
         if share_host:

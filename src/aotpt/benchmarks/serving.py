@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict:
             hooked = copy.deepcopy(backbone)  # hooks live on modules: one copy per mode, so the modes can take turns
             with peak_memory(device) as mem:
                 predictors[mode] = MultiTaskPredictor(
-                    hooked, artifacts, RANDOM_FINGERPRINT, mode, sc.cache_rows, "random"
+                    hooked, artifacts, RANDOM_FINGERPRINT, mode, sc.cache_bytes, "random"
                 )
             modes[mode] = {**predictors[mode].held_bytes(), "load_peak_bytes": mem["peak_bytes"]}
     vocab, tasks = backbone.config.vocab_size, len(artifacts)

@@ -4,7 +4,12 @@ After training, P = [P_1 | ... | P_L] (|V| x L·d) is computed once
 (`compile_tensors`) and stored in fp16/bf16 beside the head:
 
     <name>.safetensors   "table" (|V|, L*d), "head.*", and "reparam.*" (the kron/fc weights, for rows on the fly)
-    <name>.json          {"format": FORMAT, "run": <the run's RunMeta>, "dtype", "table_shape", ...}
+    <name>.json          {"format": FORMAT, "run": <the run's RunMeta>, "dtype", "table_shape", "table", ...}
+
+A weights-only artifact (`"table": false`, `python -m aotpt.export ...
+table=false`) stores no table, only the head and the reparam weights (a
+MiniLM kron task: ~3 MB instead of 140 MB): a server computes its rows on the
+fly, or computes its table when it loads it.
 
 The method and reparam are stored by registry name with their options (in
 the run record), never as Python class paths. Artifacts of the first format
@@ -38,7 +43,7 @@ def nbytes(tensors) -> int:
 
 
 def compile_tensors(
-    source: nn.Module, head: dict[str, torch.Tensor], dtype: torch.dtype, chunk_rows: int
+    source: nn.Module, head: dict[str, torch.Tensor], dtype: torch.dtype, chunk_rows: int, table: bool = True
 ) -> dict[str, torch.Tensor]:
     """The artifact's tensors from a trained reparameterisation and head: table, head and (mostly) the reparam
     weights.
@@ -46,12 +51,19 @@ def compile_tensors(
     The reparam weights let `onthefly` serving recompute rows; they are kept
     unless they are as large as the table in fp32 (kron and fc: kept; dense:
     its weights are that fp32 table, so only the compiled table is kept).
+    `table=False` keeps the weights alone (refused where they are not kept).
     """
-    table = source.table(chunk_rows=chunk_rows, dtype=dtype)  # (|V|, L*d)
-    tensors = {"table": table, **{f"head.{k}": v for k, v in head.items()}}
+    tensors = {f"head.{k}": v for k, v in head.items()}
     reparam = source.state_dict()
-    if nbytes(reparam.values()) < table.numel() * 4:
+    if nbytes(reparam.values()) < source.vocab_size * source.num_layers * source.hidden * 4:
         tensors.update({f"reparam.{k}": v for k, v in reparam.items()})
+    elif not table:
+        raise AotptError(
+            f"table=false: a {type(source).__name__}'s weights are as large as its table in fp32, so the artifact "
+            "needs the table (table=true)"
+        )
+    if table:
+        tensors["table"] = source.table(chunk_rows=chunk_rows, dtype=dtype)  # (|V|, L*d)
     return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
 
@@ -87,11 +99,29 @@ class Artifact:
         """Refuse a truncated or corrupt tensor file in one line naming it (safetensors checks its header)."""
         try:
             with safe_open(str(self.path), "pt") as f:
-                shape = f.get_slice("table").get_shape()
+                keys = set(f.keys())
+                shape = f.get_slice("table").get_shape() if "table" in keys else None
         except (SafetensorError, OSError) as err:
             raise AotptError(f"{self.path}: truncated or corrupt artifact ({err})") from None
-        if list(shape) != self.meta["table_shape"]:
+        if self.has_table and shape is None:
+            raise AotptError(f"{self.path}: holds no table, but its metadata says it does")
+        if shape is not None and list(shape) != self.meta["table_shape"]:
             raise AotptError(f"{self.path}: table of shape {shape}, its metadata says {self.meta['table_shape']}")
+        if not self.has_table and not any(k.startswith("reparam.") for k in keys):
+            raise AotptError(f"{self.path}: holds neither a table nor reparam weights")
+
+    @property
+    def has_table(self) -> bool:
+        """Is the compiled table stored (False: a weights-only artifact, rows come from the reparam weights)?"""
+        return self.meta.get("table", True)
+
+    @property
+    def has_weights(self) -> bool:
+        """Are the reparam weights stored (rows on the fly)?"""
+        if "onthefly" in self.meta:
+            return self.meta["onthefly"]
+        with safe_open(str(self.path), "pt") as f:  # the first format did not say
+            return any(k.startswith("reparam.") for k in f.keys())
 
     @property
     def task(self) -> str:
@@ -114,10 +144,23 @@ class Artifact:
     def table_chunks(self, chunk_rows: int = 4096) -> Iterator[tuple[int, torch.Tensor]]:
         """(first row, rows) of the table, `chunk_rows` (N, L*d) at a time, read from the memory-mapped file:
         no whole second copy is ever held."""
+        if not self.has_table:
+            raise AotptError(f"{self.path}: a weights-only artifact (exported with table=false) holds no table")
         with safe_open(str(self.path), "pt") as f:
             table = f.get_slice("table")
             for start in range(0, self.vocab_size, chunk_rows):
                 yield start, table[start : start + chunk_rows]
+
+    def table_offset(self) -> tuple[int, tuple[int, int]]:
+        """Byte offset of the stored table in the file, and its shape: what memory-mapping it needs (the
+        safetensors layout: an 8-byte header size, the JSON header, then the data)."""
+        with self.path.open("rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            entry = json.loads(f.read(size))["table"]
+        offset = 8 + size + entry["data_offsets"][0]
+        if offset % self.dtype.itemsize:
+            raise AotptError(f"{self.path}: its table starts at byte {offset}, not aligned to {self.dtype}")
+        return offset, tuple(entry["shape"])
 
     def copy_table_into(self, out: torch.Tensor, chunk_rows: int = 4096) -> None:
         """Copy the table into `out` (|V|, L*d), chunk by chunk."""
