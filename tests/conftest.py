@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,11 @@ from aotpt.cli import CONF_DIR
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# CLIs that tests start write their folders (logs/, .cache/: paths.root_dir and the export, predict, bench and
+# submit logs) under this root, never into the checkout; tests that check a folder pass their own tmp_path.
+_TEST_ROOT = tempfile.mkdtemp(prefix="aotpt-tests-")
+os.environ.setdefault("AOTPT_ROOT", _TEST_ROOT)
+atexit.register(shutil.rmtree, _TEST_ROOT, ignore_errors=True)
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
@@ -65,3 +74,34 @@ def _restore_torch_state():
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+
+
+# ---- the suite leaves the checkout as it found it ---------------------------------------------------------------
+OUTPUT_DIRS = ("logs", ".cache", "outputs", "multirun", "submission", "wandb")  # where a stray CLI run would write
+_TOOL_NOISE = ("__pycache__", ".pytest_cache", ".ruff_cache", ".venv", ".egg-info")
+
+
+def _checkout_state() -> set[str]:
+    """Untracked, ignored and modified paths of the checkout, and every file (with its mtime) in output folders."""
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=REPO, capture_output=True, text=True, timeout=60
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        status = []
+    files = [f"{p} {p.stat().st_mtime_ns}" for d in OUTPUT_DIRS for p in (REPO / d).rglob("*") if p.is_file()]
+    return {line for line in status if not any(n in line for n in _TOOL_NOISE)} | set(files)
+
+
+def pytest_sessionstart(session):
+    session.config._aotpt_checkout = _checkout_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_aotpt_checkout", None)
+    if before is None or not (REPO / ".git").exists():
+        return
+    left = sorted(_checkout_state() - before)
+    if left:
+        print(f"\nerror: the tests wrote into the checkout (write under tmp_path instead): {left[:10]}")
+        session.exitstatus = 1

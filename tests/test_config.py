@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -143,3 +146,24 @@ def test_registry_builds_configs_from_names_and_back():
         method_config({"name": "prefix"})
     with pytest.raises(ConfigError, match="unknown reparam='lowrank'; accepted: dense, fc, kron"):
         method_config({"name": "aot", "reparam": {"name": "lowrank"}})
+
+
+@pytest.mark.parametrize("cli", ["bench", "export", "predict", "submit", "report"])
+def test_other_clis_help_lists_their_own_options_not_the_training_groups(cli):
+    """`python -m aotpt.<cli> --help` renders hydra.help.template: Hydra's default lists every group of conf/."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(cli, return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    template = cfg.hydra.help.template
+    assert "$APP_CONFIG_GROUPS" not in template and "$CONFIG" in template
+    assert f"python -m aotpt.{cli}" in cfg.hydra.help.header
+
+
+@pytest.mark.slow
+def test_bench_help_output():
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-m", "aotpt.bench", "--help"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout.startswith("python -m aotpt.bench [suite=train_step|serving")
+    assert "suite: train_step" in out.stdout and "Configuration groups" not in out.stdout
+    assert "debug: default, fdr" not in out.stdout  # Hydra's default lists the training groups: debug: ..., task: ...

@@ -216,6 +216,27 @@ def test_hub_rows_map_to_examples(monkeypatch):
     assert read_hub(get_task("wic"), "train")[0]["label"] == 1
 
 
+@pytest.mark.parametrize(
+    ("rel", "encoding"),
+    [("glue/RTE/train.tsv", "cp1252"), ("superglue/CB/train.jsonl", "utf_16")],
+)
+def test_non_utf8_file_names_the_file_and_the_encoding_found(tmp_path, rel, encoding):
+    rows = {
+        "glue/RTE/train.tsv": "index\tsentence1\tsentence2\tlabel\n"
+        + "".join(f"{i}\tCaf\u00e9 d\u00e9j\u00e0 vu, na\u00efve\tb\tentailment\n" for i in range(20)),
+        "superglue/CB/train.jsonl": "".join(
+            f'{{"premise": "d\u00e9j\u00e0", "hypothesis": "b", "label": "neutral", "idx": {i}}}\n' for i in range(20)
+        ),
+    }[rel]
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True)
+    path.write_bytes(rows.encode(encoding))
+    message = one_line_error(DataError, read_local, get_task(rel.split("/")[1].lower()), tmp_path, "train")
+    assert str(path) in message and "not UTF-8" in message
+    found = message.split("it looks like ")[1].split(":")[0]
+    assert "\u00e9" in path.read_bytes().decode(found)  # the encoding named reads it (detection may pick a sibling)
+
+
 # ---- datamodule ------------------------------------------------------------------------------
 
 

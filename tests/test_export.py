@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,7 +113,7 @@ def test_cli_train_folder_feeds_the_export_cli(tmp_path):
     overrides = ["reparam=fc", "optim.lr=5e-3", "trainer.max_epochs=1", f"paths.root_dir={tmp_path}"]
     subprocess.run([*train, *overrides], check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
     (run_dir,) = (p.parent.parent for p in tmp_path.rglob("model/trained.safetensors"))
-    assert run_dir.name == "optim.lr:5e-3+reparam:fc+trainer.max_epochs:1"
+    assert run_dir.parent.name == "debug-rte-tiny_bert-aot-fc" and re.fullmatch(r"seed42-[0-9a-f]{8}", run_dir.name)
     export_cmd = [sys.executable, "-m", "aotpt.export", f"run_dir={run_dir}"]
     subprocess.run(export_cmd, check=True, env=env, cwd=REPO, capture_output=True, timeout=300)
     assert (run_dir / "model" / "table.safetensors").exists()

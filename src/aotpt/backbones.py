@@ -14,7 +14,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from aotpt import hub
 from aotpt.errors import AotptError, ConfigError
@@ -107,6 +114,34 @@ def load_tokenizer(pretrained: str) -> PreTrainedTokenizerBase:
         raise _hub_error("tokenizer", pretrained, err) from err
 
 
+def load_config(pretrained: str, random_init: dict | None = None) -> PretrainedConfig:
+    """The backbone's config only (config.json, no weights): what `load_backbone` would build."""
+    path = resolve_pretrained(pretrained)
+    overrides = dict(random_init or {})
+    model_type = overrides.pop("model_type", None)
+    if model_type:
+        return AutoConfig.for_model(model_type, **overrides)
+    try:
+        _check_hub(path)
+        return AutoConfig.from_pretrained(path, **overrides)
+    except Exception as err:  # network, offline cache miss, bad folder: all end in the same advice
+        raise _hub_error("config", pretrained, err) from err
+
+
+def position_limit(config: PretrainedConfig) -> int | None:
+    """The longest input the backbone can embed, or None without absolute positions (DeBERTa-v2's relative ones).
+
+    RoBERTa-style embeddings number positions from padding_idx + 1, so they
+    hold max_position_embeddings - padding_idx - 1 tokens (514 -> 512).
+    """
+    if not getattr(config, "position_biased_input", True) or not hasattr(config, "max_position_embeddings"):
+        return None
+    limit = config.max_position_embeddings
+    if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= config.pad_token_id + 1
+    return limit
+
+
 def load_backbone(pretrained: str, random_init: dict | None = None, seed: int | None = None) -> PreTrainedModel:
     """The encoder of `pretrained`, or a randomly initialised one.
 
@@ -124,17 +159,10 @@ def load_backbone(pretrained: str, random_init: dict | None = None, seed: int | 
         if random_init is None:
             model = AutoModel.from_pretrained(path)
         else:
-            overrides = dict(random_init)
-            model_type = overrides.pop("model_type", None)
-            config = (
-                AutoConfig.for_model(model_type, **overrides)
-                if model_type
-                else AutoConfig.from_pretrained(path, **overrides)
-            )
             with torch.random.fork_rng(enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
-                model = AutoModel.from_config(config)
+                model = AutoModel.from_config(load_config(pretrained, random_init))
     except Exception as err:  # network, offline cache miss, bad folder: all end in the same advice
         raise _hub_error("weights", pretrained, err) from err
     layout(model)  # fail early on an unsupported family

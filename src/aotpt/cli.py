@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -46,7 +48,52 @@ def one_line_errors(fn: Callable) -> Callable:
     return wrapper
 
 
-def entry(hydra_main: Callable) -> None:
-    """Run a `@hydra.main` function after checking the command line's group choices."""
+def user_error(err: BaseException) -> str | None:
+    """The one-line message of a user mistake, or None for a bug (which keeps its traceback).
+
+    A mistake is an AotptError anywhere in the exception's chain (a config
+    check raised inside an OmegaConf resolver arrives wrapped), or Hydra's own
+    complaint about the command line (an unknown key, a parse error, a missing
+    config), whose several lines are joined into one.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, AotptError):
+            return str(seen).replace("\n", " ")
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(err, HydraException | OmegaConfBaseException):
+        if match := re.match(r"Could not override '([^']+)'", str(err)):
+            from aotpt.checks import unknown_key_message
+
+            return unknown_key_message(match.group(1))
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        lines = [line for line in lines if not re.match(r"(full_key|object_type|reference_type)\b", line)]
+        override = getattr(err, "override", None)  # OverrideParseException
+        return (f"cannot parse {override!r}: " if isinstance(override, str) else "") + "; ".join(lines)
+    return None
+
+
+def entry(hydra_main: Callable, interrupted: str = "interrupted") -> None:
+    """Run a `@hydra.main` function: unknown group choices, Hydra's errors and AotptErrors become one line.
+
+    HYDRA_FULL_ERROR makes Hydra re-raise instead of printing its own
+    multi-line report, so every failure arrives here: a user mistake prints
+    `error: ...` and exits 2, Ctrl-C prints `interrupted` and exits 130,
+    anything else is a bug and keeps its traceback.
+    """
     one_line_errors(check_overrides)(sys.argv[1:])
-    hydra_main()
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        hydra_main()
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -21,3 +21,10 @@ class DataError(AotptError, ValueError):
 def choices(name: str, value: object, accepted) -> ConfigError:
     """`unknown task='foo'; accepted: a, b, c` — the standard unknown-option error."""
     return ConfigError(f"unknown {name}={value!r}; accepted: {', '.join(sorted(accepted))}")
+
+
+def unreadable(path, what: str, err: BaseException, hint: str = "") -> DataError:
+    """`<path>: truncated or corrupt <what> (<reason>)` — for a file whose bytes cannot be parsed."""
+    reason = (str(err).splitlines() or [""])[0][:160]
+    message = f"{path}: truncated or corrupt {what} ({type(err).__name__}: {reason})"
+    return DataError(f"{message}; {hint}" if hint else message)

@@ -13,12 +13,23 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch import loggers as pl_loggers
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from aotpt.cli import log
 
 WANDB_DEFAULT_URL = "https://api.wandb.ai"
+
+
+class WandbLogger(pl_loggers.WandbLogger):
+    """Lightning's WandbLogger without its `anonymous=None`, which makes wandb >= 0.19 warn on every run
+    ("The anonymous setting has no effect and will be removed"): wandb warns whenever the key is passed."""
+
+    def __init__(self, *args, anonymous: bool | None = None, **kwargs) -> None:
+        super().__init__(*args, anonymous=anonymous, **kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 def _has_wandb_key() -> bool:
@@ -59,7 +70,7 @@ def build_loggers(cfg: DictConfig | None) -> list[Logger]:
         if not conf:
             continue
         logger = instantiate(conf)
-        if isinstance(logger, WandbLogger):
+        if isinstance(logger, pl_loggers.WandbLogger):
             # the mode goes to wandb.init explicitly: wandb reads its environment only once per process
             logger = instantiate(conf, mode=choose_wandb_mode())
             try:

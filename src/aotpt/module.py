@@ -19,6 +19,7 @@ from transformers import get_linear_schedule_with_warmup
 from aotpt.errors import AotptError, ConfigError
 from aotpt.methods import method_config
 from aotpt.model import TaskModel, build_model, describe
+from aotpt.resume import ResumeCheckpoint
 from aotpt.tasks import TaskSpec, get_task
 from aotpt.tasks.metrics import compute_metrics
 from aotpt.tasks.predictions import eval_rows, model_inputs
@@ -65,12 +66,22 @@ class TaskModule(L.LightningModule):
 
     def _stop_on_bad_loss(self, loss: torch.Tensor) -> None:
         """Stop before the bad gradient reaches the weights; the last checkpoint stays the last good one."""
-        ckpt = self.trainer.checkpoint_callback
-        last = (ckpt.last_model_path if ckpt else "") or "none saved yet"
+        saved = [c.last_saved for c in self.trainer.callbacks if isinstance(c, ResumeCheckpoint) and c.last_saved]
+        last = saved[0] if saved else "none saved yet"
         raise AotptError(
             f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}); training stopped "
             f"before the update; last good checkpoint: {last}; try a lower optim.lr or trainer.precision=32-true"
         )
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """A `+trainer.max_steps` that ends inside an epoch still ends with a dev evaluation.
+
+        Lightning validates before stopping when `should_stop` is set, but not
+        when max_steps alone ends the epoch early.
+        """
+        max_steps = self.trainer.max_steps
+        if max_steps is not None and max_steps > 0 and self.global_step >= max_steps:
+            self.trainer.should_stop = True
 
     # ---- evaluation -------------------------------------------------------
     def eval_rows(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:

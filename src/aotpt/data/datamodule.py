@@ -30,7 +30,7 @@ from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 from aotpt.backbones import tokenizer_fingerprint
 from aotpt.data.readers import read_hub, read_local
 from aotpt.errors import ConfigError
-from aotpt.resume import EpochShuffleSampler
+from aotpt.resume import ResumableLoader, ResumableSampler
 from aotpt.tasks import Example, get_task
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -87,7 +87,7 @@ class TaskDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.limit_examples = limit_examples
-        self.seed = seed  # the train order of epoch e is a function of (seed, e): see resume.EpochShuffleSampler
+        self.seed = seed  # the train order of epoch e is a function of (seed, e): see resume.ResumableSampler
         self.collator = DataCollatorWithPadding(tokenizer)
         self.datasets: dict[str, Dataset] = {}
         self.examples: dict[str, list[Example]] = {}
@@ -168,25 +168,33 @@ class TaskDataModule(L.LightningDataModule):
             desc=f"tokenising {self.spec.name}/{split}",
         )
 
-    def loader(self, split: str, shuffle: bool = False) -> DataLoader:
-        """Batches of any of the task's splits (eval batch size unless shuffled for training)."""
-        dataset = self.dataset(split)
+    def loader(self, split: str) -> DataLoader:
+        """Batches of any of the task's splits, in file order (eval batch size)."""
         return DataLoader(
-            dataset,
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            sampler=EpochShuffleSampler(len(dataset), self.seed) if shuffle else None,
+            self.dataset(split),
+            batch_size=self.eval_batch_size,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collator,
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self.loader("train", shuffle=True)
+    def train_dataloader(self) -> ResumableLoader:
+        """Shuffled train batches, resumable mid-epoch; under DDP this process's shard (see aotpt.resume)."""
+        dataset = self.dataset("train")
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        return ResumableLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=ResumableSampler(len(dataset), self.seed, num_replicas=world, rank=rank),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=self.collator,
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         """One loader per `spec.eval_splits`, in that order (MNLI: matched, mismatched)."""
-        return [self.loader(split, shuffle=False) for split in self.spec.eval_splits]
+        return [self.loader(split) for split in self.spec.eval_splits]
 
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per `spec.test_splits`, in that order; batches have no labels."""
-        return [self.loader(split, shuffle=False) for split in self.spec.test_splits]
+        return [self.loader(split) for split in self.spec.test_splits]

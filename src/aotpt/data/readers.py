@@ -14,10 +14,13 @@ stripped. Every problem is a one-line DataError naming `path:line`.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import charset_normalizer
 
 from aotpt import hub
 from aotpt.errors import AotptError, DataError, choices
@@ -57,9 +60,30 @@ def local_path(spec: TaskSpec, data_dir: str | Path, split: str) -> Path:
     return Path(data_dir) / spec.benchmark / spec.folder / name
 
 
+def read_bytes(path: Path) -> bytes:
+    """A data file's bytes, refused in one line unless they are UTF-8 (what the official files are)."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        best = charset_normalizer.from_bytes(data[:1_000_000]).best()
+        found = f"it looks like {best.encoding}" if best else "its encoding is unknown"
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x}); {found}: convert it to UTF-8, "
+            f"e.g. iconv -f {best.encoding if best else '<encoding>'} -t utf-8"
+        ) from None
+    return data
+
+
+def _read_text(path: Path) -> io.StringIO:
+    """The file as text (UTF-8, optional BOM), checked in one line; newlines kept as written for csv."""
+    return io.StringIO(read_bytes(path).decode("utf-8-sig"), newline="")
+
+
 def _tsv_rows(path: Path, headerless: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, column -> value) per data row; checks every row's column count."""
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with _read_text(path) as f:
         reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = list(headerless) or [name.rstrip("\r") for name in next(reader, [])]
         for row in reader:
@@ -76,7 +100,7 @@ def _tsv_rows(path: Path, headerless: tuple[str, ...]) -> Iterator[tuple[int, di
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) per non-blank line."""
-    with path.open(encoding="utf-8-sig") as f:
+    with _read_text(path) as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
                 continue
