@@ -49,7 +49,8 @@ def _values(override: Override) -> list[tuple[str, object]]:
         return [(f"{key}={override.get_value_element_as_str()}", override.value())]
     if not override.is_discrete_sweep():
         raise ConfigError(f"{key}: only lists (a,b,c), range() and glob() can be swept in a grid")
-    return [(f"{key}={text}", value) for text, value in zip(override.sweep_string_iterator(), override.sweep_iterator())]
+    texts, values = list(override.sweep_string_iterator()), list(override.sweep_iterator())
+    return [(f"{key}={text}", value) for text, value in zip(texts, values, strict=True)]
 
 
 def grid_jobs(

@@ -14,7 +14,7 @@ registering them in sys.modules, where dataclasses look string annotations up.
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -38,7 +38,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="grids", node=GridsSwee
 
 
 class GridsSweeper(BasicSweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[dict] = None, grids: Optional[list] = None):
+    def __init__(self, max_batch_size: int | None = None, params: dict | None = None, grids: list | None = None):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.grids = grids
 
