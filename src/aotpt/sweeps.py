@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -90,8 +91,17 @@ def grid_jobs(
     return jobs
 
 
-def sweep_jobs(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEEPS_DIR) -> list[list[str]]:
-    """The jobs that `python -m aotpt.train -m --config-dir <sweeps_dir> --config-name <name> <arguments>` launches."""
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep file's jobs and the group choices its jobs start from (model, task, method, reparam names)."""
+
+    name: str
+    jobs: list[list[str]]
+    defaults: dict[str, str | None]
+
+
+def load_sweep(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEEPS_DIR) -> Sweep:
+    """What `python -m aotpt.train -m --config-dir <sweeps_dir> --config-name <name> <arguments>` launches."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -107,4 +117,11 @@ def sweep_jobs(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEE
     finally:
         GlobalHydra.instance().clear()
     sweeper = cfg.hydra.sweeper
-    return grid_jobs(sweeper.get("params"), sweeper.get("grids"), arguments)
+    choices = cfg.hydra.runtime.choices
+    defaults = {"model": choices.model, "task": choices.task, "method": choices.method, "reparam": choices.reparam}
+    return Sweep(name, grid_jobs(sweeper.get("params"), sweeper.get("grids"), arguments), defaults)
+
+
+def sweep_jobs(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEEPS_DIR) -> list[list[str]]:
+    """The jobs (lists of overrides) that the sweep `name` launches."""
+    return load_sweep(name, arguments, sweeps_dir).jobs

@@ -1,0 +1,165 @@
+"""`run(cfg)`: read the runs, select, and write every output of a report into `out_dir`.
+
+out_dir/report.md            the page (or `page=`): tables, figures, discussion, commands, every run
+out_dir/report.tex           the main table, booktabs
+out_dir/report.json          everything above, machine-readable
+out_dir/tables/*.csv         scores, macro, params, runs (+ pilot, majority)
+out_dir/figures/*.png|*.csv  each figure and the numbers it plots
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from aotpt.atomic import write_json_atomic
+from aotpt.cli import CONF_DIR
+from aotpt.errors import ConfigError
+from aotpt.report import figures, page, tables
+from aotpt.report.baseline import majority_scores
+from aotpt.report.coverage import Coverage, cover
+from aotpt.report.runs import Run, read_runs
+from aotpt.report.select import PilotRow, Selection, pilot_rows, select
+from aotpt.sweeps import load_sweep
+
+
+@dataclass
+class Report:
+    title: str
+    runs_dir: Path
+    out_dir: Path
+    runs: list[Run]
+    selection: Selection
+    show: list[str]
+    params: dict[tuple[str, str], dict] = field(default_factory=dict)
+    backbone_params: dict[str, int] = field(default_factory=dict)
+    majority: dict[str, dict] = field(default_factory=dict)
+    pilot: list[PilotRow] = field(default_factory=list)
+    coverage: Coverage | None = None
+    commands: list[str] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)
+
+
+def _params(runs: list[Run], selection: Selection) -> dict[tuple[str, str], dict]:
+    """Per backbone and setup: trainable parameters of the chosen configs (median over tasks) and compute used."""
+    out = {}
+    for backbone in selection.backbones:
+        for setup in selection.setups:
+            chosen = [r for c in selection.cells if (c.backbone, c.setup) == (backbone, setup) and c.chosen
+                      for r in c.chosen.runs]  # fmt: skip
+            grid = [r for r in runs if r.state == "included" and (r.backbone, r.setup) == (backbone, setup)]
+            if not chosen:
+                continue
+            trainable = statistics.median_low(r.trainable_params or 0 for r in chosen)
+            backbone_size = max(r.backbone_params or 0 for r in chosen)
+            walls = [r.wall_time_s or 0.0 for r in grid]
+            out[(backbone, setup)] = {
+                "trainable": trainable,
+                "pct": 100 * trainable / backbone_size if backbone_size else 0.0,
+                "runs": len(grid),
+                "wall_mean_s": statistics.fmean(walls),
+                "wall_total_h": sum(walls) / 3600,
+            }
+    return out
+
+
+def build(cfg: DictConfig) -> Report:
+    runs_dir = Path(cfg.runs_dir)
+    if not runs_dir.is_dir():
+        raise ConfigError(f"runs_dir={runs_dir} is not a folder")
+    runs = read_runs(runs_dir)
+    coverage = None
+    if cfg.get("sweep"):
+        runs, coverage = cover(runs, load_sweep(cfg.sweep, list(cfg.get("sweep_overrides") or [])))
+    if not any(r.state == "included" for r in runs):
+        states = ", ".join(sorted({f"{r.state}" for r in runs})) or "none"
+        raise ConfigError(f"runs_dir={runs_dir}: no results.json of a finished, identified run (found: {states})")
+    selection = select(runs, coverage)
+    show = list(cfg.get("show") or [])
+    report = Report(
+        title=cfg.title,
+        runs_dir=runs_dir,
+        out_dir=Path(cfg.out_dir),
+        runs=runs,
+        selection=selection,
+        show=show,
+        params=_params(runs, selection),
+        backbone_params={b: max(r.backbone_params or 0 for r in runs if r.backbone == b) for b in selection.backbones},
+        majority=majority_scores(selection.tasks, cfg.data_dir) if cfg.get("data_dir") else {},
+        coverage=coverage,
+    )
+    if cfg.get("pilot_dir"):
+        report.pilot = pilot_rows(read_runs(Path(cfg.pilot_dir)), show)
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "report.yaml"))
+    options = {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "hydra"}
+    report.commands = [*(cfg.get("commands") or []), page.report_command(options, defaults)]
+    return report
+
+
+def _json(report: Report) -> dict:
+    sel = report.selection
+    return {
+        "title": report.title,
+        "cells": [
+            {
+                "backbone": c.backbone,
+                "setup": c.setup,
+                "task": c.task,
+                "score": c.chosen.stat() if c.chosen else None,
+                "seeds": c.chosen.seeds if c.chosen else [],
+                "chosen": c.shown(report.show),
+                "configs": [{"settings": k.settings, "score": k.stat(), "seeds": k.seeds} for k in c.configs],
+                "problems": c.problems,
+            }
+            for c in sel.cells
+        ],
+        "macros": [asdict(m) for m in sel.macros],
+        "params": [{"backbone": b, "setup": s, **p} for (b, s), p in report.params.items()],
+        "majority": report.majority,
+        "pilot": [asdict(p) | {"mean": p.mean} for p in report.pilot],
+        "coverage": None
+        if report.coverage is None
+        else {"sweep": report.coverage.sweep, "jobs": report.coverage.jobs, "done": report.coverage.done},  # fmt: skip
+        "runs": [{k: v for k, v in asdict(r).items() if k != "config"} for r in report.runs],
+    }
+
+
+def write(report: Report, cfg: DictConfig) -> Path:
+    """Every output file; returns the markdown page's path."""
+    out = report.out_dir
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    formats = list(cfg.get("figure_formats") or ["png"])
+    report.figures = figures.write_figures(report, out / "figures", formats)
+    files = {
+        "tables/scores.csv": tables.scores_csv(report),
+        "tables/macro.csv": tables.macro_csv(report),
+        "tables/params.csv": tables.params_csv(report),
+        "tables/runs.csv": tables.runs_csv(report.runs),
+        "report.tex": tables.main_latex(report),
+    }
+    if report.majority:
+        rows = [[t, tables.pct(m["score"], 3)] for t, m in report.majority.items()]
+        files["tables/majority.csv"] = tables.csv_text(["task", "score"], rows)
+    if report.pilot:
+        rows = [[p.backbone, p.setup, tables.chosen_text(p.values), json.dumps(p.scores, sort_keys=True),
+                 tables.pct(p.mean, 3), int(p.picked)] for p in report.pilot]  # fmt: skip
+        files["tables/pilot.csv"] = tables.csv_text(["backbone", "setup", "config", "scores", "mean", "picked"], rows)
+    for name, text in files.items():
+        (out / name).write_text(text)
+    write_json_atomic(out / "report.json", _json(report))
+    page_path = Path(cfg.page) if cfg.get("page") else out / "report.md"
+    existing = page_path.read_text() if page_path.is_file() else None
+    page_path.parent.mkdir(parents=True, exist_ok=True)
+    page_path.write_text(page.render(report, page_path, existing))
+    return page_path
+
+
+def run(cfg: DictConfig) -> Report:
+    """Build the report of `cfg.runs_dir` and write it to `cfg.out_dir`."""
+    report = build(cfg)
+    write(report, cfg)
+    return report
