@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import os
+import subprocess
+import sys
 from collections import defaultdict
 
 import pytest
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
+from aotpt import train
 from aotpt.cli import CONF_DIR, GROUPS
 from aotpt.methods import METHODS, REPARAMS, method_config, setup_name
 from aotpt.sweeps import SWEEPS_DIR, grid_jobs, sweep_jobs
 from aotpt.tasks import benchmark_tasks
+from conftest import FIXTURES, REPO
 
 TRAIN_SWEEPS = sorted(p.stem for p in SWEEPS_DIR.glob("*.yaml") if not p.stem.startswith("wandb_"))
 BACKBONES = ("roberta_base", "roberta_large", "deberta_xl", "minilm")
@@ -128,3 +135,58 @@ def test_unknown_sweep_is_one_line():
 
 def test_reparam_registry_names_match_the_paper_setups():
     assert {"kron", "fc"} <= set(REPARAMS)
+
+
+def _wandb_points(spec: dict, count: int) -> list[dict]:
+    """`count` points of a W&B sweep: the i-th value of each list (or min/max of a distribution), cycling."""
+    axes = {}
+    for name, p in spec["parameters"].items():
+        axes[name] = p["values"] if "values" in p else [p["min"], p["max"]] if "min" in p else [p["value"]]
+    return [{k: v[i % len(v)] for k, v in axes.items()} for i in range(count)]
+
+
+def _wandb_command(spec: dict, point: dict) -> list[str]:
+    """The command `wandb agent` runs for `point` (its ${env}, ${program}, ${args_no_hyphens} macros)."""
+    argv = []
+    for part in spec["command"]:
+        if part == "${env}":
+            continue
+        if part == "${program}":
+            argv.append(spec["program"])
+        elif part == "${args_no_hyphens}":
+            argv += [f"{k}={v}" for k, v in point.items()]
+        else:
+            argv.append(sys.executable if part == "python" else part)
+    return argv
+
+
+WANDB_SWEEPS = sorted(p.stem for p in SWEEPS_DIR.glob("wandb_*.yaml"))
+
+
+@pytest.mark.parametrize("name", WANDB_SWEEPS)
+def test_wandb_sweep_points_run_through_hydra(name, train_cfg):
+    """W&B sweeps need the W&B server (`wandb agent`): run the agent's command lines of a few points ourselves."""
+    spec = yaml.safe_load((SWEEPS_DIR / f"{name}.yaml").read_text())
+    points = _wandb_points(spec, 3)
+    commands = [_wandb_command(spec, point) for point in points]
+    assert all(c[:3] == [sys.executable, "-m", "aotpt.train"] for c in commands)
+    for i, command in enumerate(commands):  # each point composes and trains (tiny model, W&B disabled)
+        cfg = train_cfg(*command[3:], run=f"point{i}")
+        for key, value in points[i].items():
+            expected = OmegaConf.select(cfg, key) if key != "reparam" else cfg.method.reparam.name
+            assert expected == value, key
+        assert train.run(cfg)["status"] == "completed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", WANDB_SWEEPS)
+def test_wandb_sweep_command_line_runs(name, tmp_path):
+    """The exact command line of the agent (plus a tiny model) through Hydra's CLI."""
+    spec = yaml.safe_load((SWEEPS_DIR / f"{name}.yaml").read_text())
+    command = _wandb_command(spec, _wandb_points(spec, 1)[0])
+    tiny = ["model=tiny_bert", f"data_dir={FIXTURES}", "trainer=cpu", "logger=csv", "data.num_workers=0"]
+    tiny += ["trainer.max_epochs=1", f"paths.root_dir={tmp_path}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([*command, *tiny], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(tmp_path.rglob("results.json"))
