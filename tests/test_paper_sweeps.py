@@ -124,6 +124,16 @@ def test_grids_are_a_union_of_cross_products():
     assert grid_jobs({}, [{"optim.lr": "1e-3,5e-3"}], ["optim.lr=0.005"]) == [["optim.lr=0.005"]]  # by value
     assert grid_jobs({"seed": "1"}, [{"method": "aot"}, {"method": "aot"}]) == [["seed=1", "method=aot"]]  # once
     assert grid_jobs({"task": "rte,cb"}, None, ["task=cb"]) == [["task=cb"]]  # plain Hydra sweeps: replaced
+    # a key other grids set leaves a grid without it alone; ++ sets it in every job
+    grids = [{"method": "aot", "reparam": "kron,fc", "trainer.max_epochs": "50"}, {"method": "bitfit"}]
+    assert grid_jobs({}, grids, ["reparam=kron"]) == [
+        ["method=aot", "reparam=kron", "trainer.max_epochs=50"],
+        ["method=bitfit"],
+    ]
+    assert grid_jobs({}, grids, ["++trainer.max_epochs=1", "reparam=fc"]) == [
+        ["method=aot", "reparam=fc", "++trainer.max_epochs=1"],
+        ["method=bitfit", "++trainer.max_epochs=1"],
+    ]
 
 
 def test_unknown_sweep_is_one_line():

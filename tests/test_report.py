@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -246,3 +247,81 @@ def test_cli_prints_the_table_and_writes_the_report(tmp_path):
     )
     assert "superglue 80.00 ± 0.00 over 1/8 tasks" in proc.stdout
     assert (tmp_path / "out" / "report.md").is_file() and not list(tmp_path.glob("*.log"))
+
+
+# -- end to end: a real two-job multirun of the paper sweep (narrowed to a tiny model), then its report --------------
+
+NARROW = ["model=tiny_bert", "task=rte", "seed=1", "method=aot,bitfit", "reparam=kron", "optim.lr=0.001"]
+NARROW += ["++trainer.max_epochs=2", f"data_dir={FIXTURES}", "trainer=cpu", "logger=csv", "data.num_workers=0"]
+NARROW += ["data.batch_size=4"]
+
+
+def _needs_identity():
+    pytest.importorskip("aotpt.identity", reason="results.json names run identities once the run-lifecycle work lands")
+
+
+def _check_report(root: Path, out: Path) -> None:
+    cfg = {
+        "runs_dir": str(root / "logs" / "multiruns" / "paper_minilm"),
+        "out_dir": str(out),
+        "sweep": "paper_minilm",
+        "sweep_overrides": NARROW,
+        "data_dir": str(FIXTURES),
+        "figure_formats": ["png", "pdf"],
+    }
+    rep = report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), cfg))
+    assert [(c.setup, c.task, c.chosen.n) for c in rep.selection.cells] == [
+        ("aot/kron", "rte", 1),
+        ("bitfit", "rte", 1),
+    ]
+    md = (out / "report.md").read_text()
+    assert "Built from 2 of the 2 runs of the sweep `paper_minilm`" in md
+    for name in ("report.tex", "report.json", "tables/scores.csv", "tables/macro.csv", "tables/params.csv"):
+        assert (out / name).is_file(), name
+    for figure in ("macro", "params", "tasks_tiny_bert"):
+        for ext in ("png", "pdf", "csv"):
+            assert (out / "figures" / f"{figure}.{ext}").stat().st_size > 0
+
+
+def test_two_jobs_of_the_paper_sweep_in_process_then_the_report(tmp_path):
+    """The fast version: the sweep's jobs (as GridsSweeper expands them) run in-process, then the report."""
+    _needs_identity()
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from aotpt import train
+    from aotpt.cli import CONF_DIR
+    from aotpt.sweeps import SWEEPS_DIR, sweep_jobs
+
+    jobs = sweep_jobs("paper_minilm", NARROW)
+    assert len(jobs) == 2
+    for job in jobs:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(SWEEPS_DIR), version_base="1.3"):
+            overrides = [f"hydra.searchpath=[file://{CONF_DIR}]", *job, f"paths.root_dir={tmp_path}"]
+            cfg = compose("paper_minilm", overrides=overrides, return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().set_config(cfg)
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir))
+        HydraConfig.instance().set_config(cfg)
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        assert train.run(cfg)["status"] == "completed"
+    _check_report(tmp_path, tmp_path / "report")
+
+
+@pytest.mark.slow
+def test_two_job_hydra_multirun_of_the_paper_sweep_then_the_report(tmp_path):
+    """`python -m aotpt.train -m` through the grids sweeper and Hydra's launcher, then the report in every format."""
+    _needs_identity()
+    cmd = [sys.executable, "-m", "aotpt.train", "-m", "--config-dir", "sweeps", "--config-name", "paper_minilm"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*cmd, *NARROW, f"paths.root_dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Launching 2 jobs locally" in proc.stdout + proc.stderr
+    _check_report(tmp_path, tmp_path / "report")

@@ -17,9 +17,10 @@ dicts and of W&B grid sweeps):
           - {method: finetune, optim.lr: "1e-5,2e-5,3e-5"}
 
 A grid's axis replaces a common axis of the same key. On the command line,
-a key that a grid sweeps narrows it (`task=rte` runs the RTE part of a paper
-sweep); any other override applies to every job (`data_dir=...`). Jobs that
-two grids share are launched once. `GridsSweeper`
+a key that grids set narrows them (`task=rte method=lora` runs that part of
+a paper sweep), `++key=value` sets a key in every job (`++trainer.max_epochs=1`),
+and any other override applies to every job (`data_dir=...`). Jobs that two
+grids share are launched once. `GridsSweeper`
 (`hydra_plugins/aotpt_grids`) launches these jobs with any Hydra launcher;
 the report counts a sweep's runs from the same list (`sweep_jobs`).
 """
@@ -40,8 +41,8 @@ SWEEPS_DIR = Path(__file__).resolve().parents[2] / "sweeps"
 
 
 def _axes(overrides: Sequence[str], parser: OverridesParser) -> dict[str, list[tuple[str, object]]]:
-    """key -> its values as (`key=value` string, parsed value): one for `k=v`, several for `a,b,c` or `range(...)`."""
-    return {o.get_key_element(): _values(o) for o in parser.parse_overrides(list(overrides))}
+    """Bare key (no +, ++, ~) -> its values as (`key=value` text, parsed value), several for `a,b,c` or `range()`."""
+    return {o.key_or_group: _values(o) for o in parser.parse_overrides(list(overrides))}
 
 
 def _values(override: Override) -> list[tuple[str, object]]:
@@ -62,26 +63,31 @@ def grid_jobs(
 ) -> list[list[str]]:
     """The jobs of `params` x each grid (or `params` alone without grids), with the command line's `arguments`.
 
-    An argument on a key that a grid sweeps narrows that grid to the values
-    given (`task=rte` keeps the RTE jobs of each grid; a grid without RTE
-    contributes none); any other argument sets its key in every job. Each job
-    is a list of `key=value` overrides in a fixed order (common axes, the
-    grid's own, then the command line's), so the list is the same on every
+    A command-line key that a grid sets narrows that grid to the values given
+    (`task=rte` keeps each grid's RTE jobs; a grid without RTE contributes
+    none); a grid that does not set it is left alone if other grids do
+    (`reparam=kron` does not touch the baselines) and otherwise gets it as
+    Hydra would (a common axis is replaced, a new key added); `++key=value`
+    sets the key in every job (`++trainer.max_epochs=1` for a quick pass).
+    Each job is a list of `key=value` overrides in a fixed order (common axes,
+    the grid's own, then the command line's), so the list is the same on every
     machine and for every reader.
     """
     parser = OverridesParser.create(config_loader=config_loader)
     common = _axes([f"{k}={v}" for k, v in (params or {}).items()], parser)
     given = _axes(arguments, parser)
+    forced = {o.key_or_group for o in parser.parse_overrides(list(arguments)) if o.is_force_add()}
+    grids = [_axes([f"{k}={v}" for k, v in grid.items()], parser) for grid in grids or [{}]]
+    in_grids = {key for own in grids for key in own}
     jobs: list[list[str]] = []
     seen: set[frozenset[str]] = set()
-    for grid in grids or [{}]:
-        own = _axes([f"{k}={v}" for k, v in grid.items()], parser)
+    for own in grids:
         axes = {**common, **own}
         for key, values in given.items():
-            if key in own:
+            if key in own and key not in forced:
                 wanted = [value for _, value in values]
                 axes[key] = [(text, value) for text, value in own[key] if value in wanted]
-            else:
+            elif key in forced or key in common or key not in in_grids:
                 axes[key] = values
         for job in itertools.product(*axes.values()):
             texts = [text for text, _ in job]
