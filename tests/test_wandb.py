@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class FakeRun:
 def fake_wandb(monkeypatch):
     runs: list[FakeRun] = []
 
+    @functools.wraps(wandb.init)  # keeps wandb.init's signature, which config checks read
     def init(**kwargs):
         runs.append(FakeRun(**kwargs))
         return runs[-1]

@@ -10,6 +10,7 @@ out_dir/figures/*.png|*.csv  each figure and the numbers it plots
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,7 +75,9 @@ def build(cfg: DictConfig) -> Report:
     runs = read_runs(runs_dir)
     coverage = None
     if cfg.get("sweep"):
-        runs, coverage = cover(runs, load_sweep(cfg.sweep, list(cfg.get("sweep_overrides") or [])))
+        given = cfg.get("sweep_overrides") or []
+        arguments = shlex.split(given) if isinstance(given, str) else list(given)
+        runs, coverage = cover(runs, load_sweep(cfg.sweep, arguments))
     if not any(r.state == "included" for r in runs):
         states = ", ".join(sorted({f"{r.state}" for r in runs})) or "none"
         raise ConfigError(f"runs_dir={runs_dir}: no results.json of a finished, identified run (found: {states})")
