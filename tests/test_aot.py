@@ -16,7 +16,9 @@ from aotpt.errors import ConfigError
 from aotpt.methods.aot import AotConfig
 from aotpt.methods.aot.reparam import DenseConfig, FcConfig, KronConfig
 from aotpt.model import build_model, load_trained, save_trained
+from aotpt.record import read_run
 from conftest import TINY_MODELS, model_conf
+from helpers import record_for
 
 REPARAMS = {"kron": KronConfig(rank=4), "fc": FcConfig(rank=8, activation="gelu"), "dense": DenseConfig()}
 VOCAB = 30522
@@ -109,7 +111,7 @@ def test_matches_hand_written_reference(model):
 def test_batch_rows_equal_full_table_rows(reparam):
     backbone = load_backbone(model_conf("tiny_bert")["pretrained"], model_conf("tiny_bert")["random_init"])
     emb = backbone.embeddings.word_embeddings
-    source = REPARAMS[reparam].build(2, 32, emb)
+    source = REPARAMS[reparam].build(2, 32, emb.num_embeddings, emb)
     with torch.no_grad():
         for p in source.parameters():
             p.normal_()
@@ -120,7 +122,7 @@ def test_batch_rows_equal_full_table_rows(reparam):
 
 
 def test_kron_rows_are_kronecker_products():
-    src = KronConfig(rank=3).build(2, 4, torch.nn.Embedding(50, 8))
+    src = KronConfig(rank=3).build(2, 4, 50)
     torch.nn.init.normal_(src.W_R)
     x = 37
     want = torch.kron(src.W_L[x // src.b], src.W_M[x % src.b]) @ src.W_R
@@ -150,22 +152,24 @@ def test_save_load_roundtrip_holds_no_backbone_weights(tmp_path):
     tm = build_model(conf["pretrained"], AotConfig(reparam=FcConfig(rank=8)), 2, conf["random_init"]).eval()
     with torch.no_grad():
         tm.backbone.aot.source.down.weight.normal_()
-    save_trained(tm, tmp_path / "trained.safetensors", {"task": "rte"})
+    method = {"name": "aot", "reparam": {"name": "fc", "rank": 8}}
+    save_trained(tm, tmp_path / "model" / "trained.safetensors", record_for(tm, "rte", method, "tiny_roberta"))
     torch.manual_seed(0)
     fresh = build_model(conf["pretrained"], AotConfig(reparam=FcConfig(rank=8)), 2, conf["random_init"]).eval()
-    meta = load_trained(fresh, tmp_path / "trained.safetensors")
+    load_trained(fresh, tmp_path / "model" / "trained.safetensors")
+    _, meta = read_run(tmp_path)
     ids, mask = _batch()
     torch.testing.assert_close(fresh(ids, mask), tm(ids, mask))
     from safetensors.torch import load_file
 
-    keys = set(load_file(str(tmp_path / "trained.safetensors")))
+    keys = set(load_file(str(tmp_path / "model" / "trained.safetensors")))
     assert keys == set(tm.trainable) and not any("word_embeddings" in k for k in keys)
-    assert meta["task"] == "rte" and "aotpt_version" in meta
+    assert meta.task == "rte" and meta.setup == "aot/fc" and meta.trainable == tm.trainable and meta.aotpt_version
 
 
 def test_dense_refuses_a_large_vocabulary_with_the_memory_it_needs():
     with pytest.raises(ConfigError, match=r"needs \d+\.\d GiB"):
-        DenseConfig().build(24, 1024, torch.nn.Embedding(50265, 4))
+        DenseConfig().build(24, 1024, 50265)
 
 
 @pytest.mark.parametrize("bad", [{"rank": 0}, {"dropout": 1.5}, {"activation": "nope"}])

@@ -18,13 +18,14 @@ from omegaconf import open_dict
 from aotpt import bench
 from aotpt.backbones import load_backbone, load_tokenizer
 from aotpt.cli import CONF_DIR
+from aotpt.export import export
 from aotpt.methods import METHODS
-from aotpt.methods.aot.table import Artifact
+from aotpt.methods.aot.artifact import Artifact
 from aotpt.methods.ptuning_v2 import PtuningV2Config, attach
 from aotpt.model import build_model
 from aotpt.serving import MultiTaskPredictor
 from conftest import TINY_MODELS, model_conf
-from test_export import TEXTS, batch, export_seeded, make_run, plain_backbone
+from helpers import TEXTS, batch, make_run, plain_backbone
 
 DEVICES = [
     "cpu",
@@ -68,7 +69,7 @@ def two_tasks(tmp_path_factory):
     artifacts = []
     for task, reparam, seed in (("rte", "kron", 1), ("cb", "fc", 2)):
         run_dir, tm = make_run(root, task, reparam, weights_seed=seed)
-        artifacts.append(Artifact.load(export_seeded(run_dir)))
+        artifacts.append(Artifact.load(export(run_dir)))
     return artifacts, plain_backbone(tm), load_tokenizer(model_conf("tiny_bert")["pretrained"])
 
 
@@ -77,7 +78,7 @@ def test_host_table_serving_matches_the_device_table(device, two_tasks):
     """mode=host keeps the table in host memory (pinned on CUDA) and copies a batch's rows with non_blocking=True:
     the logits must be those of the table on the device, bit for bit."""
     artifacts, backbone, tokenizer = two_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     inputs = {k: v.to(device) for k, v in batch(tokenizer, [TEXTS[0], TEXTS[1], TEXTS[0]]).items()}
     task_ids = torch.tensor([0, 1, 1], device=device)
     logits = {}

@@ -1,14 +1,7 @@
-"""`python -m aotpt.export`: the compiled table reproduces the reparameterised model; metadata; refusals.
-
-`make_run` (also used by test_serving/test_predict) writes a run folder as
-`aotpt.train` does, with random non-zero AoT weights so the bias matters.
-The tiny backbones are random: `export_seeded` rebuilds the same one by
-seeding as `make_run` did (export itself rebuilds the backbone from the run).
-"""
+"""`python -m aotpt.export`: the compiled table reproduces the reparameterised model; metadata; refusals."""
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import subprocess
@@ -23,104 +16,22 @@ from safetensors.torch import load_file
 
 from aotpt import export as export_cli
 from aotpt import train
-from aotpt.backbones import load_tokenizer, tokenizer_fingerprint
+from aotpt.backbones import load_tokenizer
 from aotpt.cli import CONF_DIR
 from aotpt.errors import AotptError
-from aotpt.methods.aot import AotConfig
-from aotpt.methods.aot.reparam import DenseConfig, FcConfig, KronConfig
-from aotpt.methods.aot.table import Artifact, compile_tensors
-from aotpt.methods.finetune import FinetuneConfig
-from aotpt.model import build_model, save_trained
+from aotpt.methods.aot.artifact import Artifact, compile_tensors
 from aotpt.serving import MultiTaskPredictor
-from aotpt.tasks import get_task
 from conftest import FIXTURES, REPO, model_conf
+from helpers import TEXTS, batch, make_run, plain_backbone
 
-REPARAMS = {
-    "kron": {"name": "kron", "rank": 4, "dropout": 0.0},
-    "fc": {"name": "fc", "rank": 8, "activation": "gelu", "dropout": 0.0},
-    "dense": {"name": "dense", "dropout": 0.0},
-}
-_CLASSES = {"kron": KronConfig, "fc": FcConfig, "dense": DenseConfig}
-BACKBONE_SEED = 0
 TOL = {"fp16": {"rtol": 1e-3, "atol": 1e-4}, "bf16": {"rtol": 8e-3, "atol": 1e-3}}  # half an ulp and then some
-
-
-def make_run(
-    root: Path,
-    task: str,
-    reparam: str | None = "kron",
-    weights_seed: int = 1,
-    model: str = "tiny_bert",
-    random_init: dict | None = None,
-):
-    """A run folder holding model/trained.safetensors + trained.json; returns (run_dir, the TaskModel in eval mode).
-
-    `random_init` replaces the model config's architecture (other shapes than the tiny ones)."""
-    conf, spec = model_conf(model), get_task(task)
-    conf["random_init"] = random_init or conf["random_init"]
-    if reparam is None:
-        method, method_conf = FinetuneConfig(), {"name": "finetune"}
-    else:
-        params = {k: v for k, v in REPARAMS[reparam].items() if k != "name"}
-        method = AotConfig(reparam=_CLASSES[reparam](**params))
-        method_conf = {"name": "aot", "reparam": REPARAMS[reparam]}
-    torch.manual_seed(BACKBONE_SEED)
-    tm = build_model(conf["pretrained"], method, spec.num_labels, conf["random_init"]).eval()
-    g = torch.Generator().manual_seed(weights_seed)
-    with torch.no_grad():
-        for name in tm.trainable if reparam else []:
-            tm.get_parameter(name).copy_(torch.randn(tm.get_parameter(name).shape, generator=g) * 0.5)
-    run_dir = root / f"{task}-{reparam}-{weights_seed}"
-    config = tm.backbone.config
-    save_trained(
-        tm,
-        run_dir / "model" / "trained.safetensors",
-        {
-            "backbone": conf["pretrained"],
-            "random_init": conf["random_init"],
-            "model_type": config.model_type,
-            "num_layers": config.num_hidden_layers,
-            "hidden_size": config.hidden_size,
-            "vocab_size": config.vocab_size,
-            "tokenizer_fingerprint": tokenizer_fingerprint(load_tokenizer(conf["pretrained"])),
-            "task": task,
-            "label_names": list(spec.label_names),
-            "metrics": list(spec.metrics),
-            "method": method_conf,
-            "best_epoch": 0,
-            "best_score": 0.5,
-        },
-    )
-    return run_dir, tm
-
-
-def export_seeded(run_dir: Path, **kwargs) -> Path:
-    with torch.random.fork_rng():
-        torch.manual_seed(BACKBONE_SEED)
-        return export_cli.export(run_dir, **kwargs)
-
-
-def plain_backbone(tm):
-    """The trained model's backbone without its AoT hooks: the frozen backbone a server loads."""
-    backbone = copy.deepcopy(tm.backbone)
-    backbone.aot.remove()
-    del backbone.aot
-    return backbone.eval()
-
-
-def batch(tokenizer, texts):
-    features = [tokenizer(a, b, truncation="longest_first", max_length=64) for a, b in texts]
-    return tokenizer.pad(features, return_tensors="pt")
-
-
-TEXTS = [("A man is playing a guitar.", "Someone plays music."), ("The cat sat.", "A dog ran away quickly today.")]
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 @pytest.mark.parametrize("reparam", ["kron", "fc"])
 def test_compiled_table_reproduces_reparameterised_model(tmp_path, reparam, dtype):
     run_dir, tm = make_run(tmp_path, "rte", reparam)
-    path = export_seeded(run_dir, dtype=dtype, chunk_rows=5000)
+    path = export_cli.export(run_dir, dtype=dtype, chunk_rows=5000)
     table = load_file(str(path))["table"]
     source = tm.backbone.aot.source
     with torch.no_grad():
@@ -130,7 +41,7 @@ def test_compiled_table_reproduces_reparameterised_model(tmp_path, reparam, dtyp
 
     artifact = Artifact.load(path)
     tokenizer = load_tokenizer(model_conf("tiny_bert")["pretrained"])
-    predictor = MultiTaskPredictor(plain_backbone(tm), [artifact], artifact.meta["tokenizer_fingerprint"])
+    predictor = MultiTaskPredictor(plain_backbone(tm), [artifact], artifact.record.tokenizer_fingerprint)
     inputs = batch(tokenizer, TEXTS)
     got = torch.stack(predictor(task_ids=torch.zeros(2, dtype=torch.long), **inputs))
     with torch.no_grad():
@@ -142,26 +53,31 @@ def test_compiled_table_reproduces_reparameterised_model(tmp_path, reparam, dtyp
 
 def test_chunk_size_does_not_change_the_table(tmp_path):
     _, tm = make_run(tmp_path, "rte", "kron")
-    whole = compile_tensors(tm, torch.float16, chunk_rows=100_000)["table"]
-    chunked = compile_tensors(tm, torch.float16, chunk_rows=777)["table"]
+    source, head = tm.backbone.aot.source, tm.head.state_dict()
+    whole = compile_tensors(source, head, torch.float16, chunk_rows=100_000)["table"]
+    chunked = compile_tensors(source, head, torch.float16, chunk_rows=777)["table"]
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
 
 
 def test_artifact_holds_table_head_reparam_and_metadata(tmp_path):
     run_dir, tm = make_run(tmp_path, "cb", "kron")
-    path = export_seeded(run_dir, output=tmp_path / "out" / "cb.safetensors")
+    path = export_cli.export(run_dir, output=tmp_path / "out" / "cb.safetensors")
     keys = set(load_file(str(path)))
     assert keys == {"table", *(f"head.{k}" for k in tm.head.state_dict()), "reparam.W_L", "reparam.W_M", "reparam.W_R"}
     meta = json.loads(path.with_suffix(".json").read_text())
-    assert meta["task"] == "cb" and meta["label_names"] == ["entailment", "contradiction", "neutral"]
-    assert meta["dtype"] == "fp16" and meta["table_shape"] == [30522, 2 * 32] and meta["onthefly"]
-    assert {"backbone", "num_layers", "hidden_size", "tokenizer_fingerprint", "metrics", "aotpt_version"} <= set(meta)
+    assert meta["format"] == "aotpt-aot-table/2" and meta["dtype"] == "fp16" and meta["onthefly"]
+    assert meta["table_shape"] == [30522, 2 * 32] and meta["aotpt_version"]
+    run = meta["run"]  # the run record, as aotpt.train wrote it: names and options, never class paths
+    assert run["task"] == "cb" and run["label_names"] == ["entailment", "contradiction", "neutral"]
+    assert run["method"] == {"name": "aot", "reparam": {"name": "kron", "rank": 4, "dropout": 0.0}}
+    assert run["max_length"] == 128 and run["init_seed"] == 0 and run["format"] == "aotpt-run/2"
+    assert "_target_" not in path.with_suffix(".json").read_text()
     assert not list(path.parent.glob(".*tmp"))  # written atomically, no temporary left
 
 
 def test_dense_artifact_keeps_only_the_table(tmp_path):
     run_dir, _ = make_run(tmp_path, "rte", "dense")
-    path = export_seeded(run_dir)
+    path = export_cli.export(run_dir)
     assert not any(k.startswith("reparam.") for k in load_file(str(path)))
     assert json.loads(path.with_suffix(".json").read_text())["onthefly"] is False
 

@@ -27,6 +27,7 @@ from aotpt.methods.lora import LoraConfig
 from aotpt.methods.ptuning_v1 import PtuningV1Config
 from aotpt.model import build_model, load_trained, save_trained
 from conftest import SHARED_DATA, TINY_MODELS, model_conf
+from helpers import record_for
 
 LABELS = 3
 
@@ -109,14 +110,14 @@ def test_save_load_reproduces_logits(tmp_path, method, model):
             if name in tm.trainable:
                 p.add_(torch.randn_like(p) * 0.05)
     path = tmp_path / "trained.safetensors"
-    save_trained(tm, path, {"method": method})
+    save_trained(tm, path, record_for(tm, "rte", {"name": method}, model))
     fresh = _build(method, model).eval()
     ids, mask = _batch(1)
     with torch.no_grad():
         assert not torch.allclose(fresh(ids, mask), tm(ids, mask))
-        meta = load_trained(fresh, path)
+        load_trained(fresh, path)
         torch.testing.assert_close(fresh(ids, mask), tm(ids, mask), rtol=0, atol=1e-6)
-    assert set(load_file(str(path))) == set(tm.trainable) and meta["method"] == method
+    assert set(load_file(str(path))) == set(tm.trainable)
 
 
 def _analytic(method: str, cfg, model: str) -> int:

@@ -13,15 +13,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from aotpt import export as export_cli
 from aotpt import predict, train
 from aotpt.cli import CONF_DIR
 from aotpt.data.readers import read_local
 from aotpt.errors import DataError
+from aotpt.export import export
 from aotpt.serving import MultiTaskPredictor
 from aotpt.tasks import get_task
 from conftest import REPO, SHARED_DATA
-from test_export import export_seeded, make_run
+from helpers import make_run
 
 REQUESTS = [
     {"task": "rte", "sentence1": "A man is playing a guitar.", "sentence2": "Someone plays music.", "id": "r1"},
@@ -35,9 +35,7 @@ REQUESTS = [
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory) -> list[Path]:
     root = tmp_path_factory.mktemp("runs")
-    return [
-        export_seeded(make_run(root, task, "kron", weights_seed=i)[0]) for i, task in enumerate(("rte", "sst2", "wic"))
-    ]
+    return [export(make_run(root, task, "kron", weights_seed=i)[0]) for i, task in enumerate(("rte", "sst2", "wic"))]
 
 
 def _write(path: Path, rows: list) -> Path:
@@ -150,7 +148,7 @@ def test_bf16_backbone_agrees_with_fp32_on_real_rte_dev(train_cfg):
         "data.eval_batch_size=64",
     )
     run_dir = Path(train.run(cfg)["output_dir"])
-    path = export_cli.export(run_dir)
+    path = export(run_dir)
     dev = read_local(get_task("rte"), SHARED_DATA, "validation")
     requests = [("rte", ex["text_a"], ex["text_b"]) for ex in dev]
     preds = {}

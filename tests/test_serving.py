@@ -14,13 +14,15 @@ from aotpt import bench
 from aotpt.backbones import load_backbone, load_tokenizer
 from aotpt.cli import CONF_DIR
 from aotpt.errors import AotptError
+from aotpt.export import export
 from aotpt.methods import aot
 from aotpt.methods.aot import AotConfig
-from aotpt.methods.aot.table import Artifact
-from aotpt.model import read_run, save_trained
+from aotpt.methods.aot.artifact import Artifact
+from aotpt.model import save_trained
+from aotpt.record import read_run
 from aotpt.serving import MultiTaskPredictor
 from conftest import REPO, model_conf
-from test_export import TEXTS, batch, export_seeded, make_run, plain_backbone
+from helpers import TEXTS, batch, make_run, plain_backbone
 
 # three tasks of different heads: 2 labels (kron), 3 labels (fc), regression (kron)
 TASKS = (("rte", "kron", 1), ("cb", "fc", 2), ("stsb", "kron", 3))
@@ -42,14 +44,14 @@ def three_tasks(tmp_path_factory):
     artifacts, models = [], {}
     for task, reparam, seed in TASKS:
         run_dir, tm = make_run(root, task, reparam, weights_seed=seed)
-        artifacts.append(Artifact.load(export_seeded(run_dir)))
+        artifacts.append(Artifact.load(export(run_dir)))
         models[task] = tm
     return artifacts, models, load_tokenizer(model_conf("tiny_bert")["pretrained"]), plain_backbone(tm)
 
 
 def _predictor(three_tasks, mode="device", **kwargs) -> MultiTaskPredictor:
     artifacts, _, _, backbone = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     return MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, mode, **kwargs)
 
 
@@ -122,7 +124,7 @@ def test_onthefly_cache_hits_repeated_rows(three_tasks):
 
 def test_wrong_backbone_is_refused(three_tasks):
     artifacts, _, _, _ = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     roberta = load_backbone(model_conf("tiny_roberta")["pretrained"], model_conf("tiny_roberta")["random_init"])
     with pytest.raises(AotptError, match=r"compiled for model_type='bert' .* has model_type='roberta'"):
         MultiTaskPredictor(roberta, artifacts, fingerprint, name="tiny_roberta")
@@ -135,7 +137,7 @@ def test_wrong_backbone_is_refused(three_tasks):
 
 def test_wrong_vocabulary_is_refused(three_tasks):
     artifacts, _, _, backbone = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     with pytest.raises(AotptError, match=f"tokenizer_fingerprint='{fingerprint}'.*'0123456789abcdef'"):
         MultiTaskPredictor(copy.deepcopy(backbone), artifacts, "0123456789abcdef")
     small = load_backbone(
@@ -147,14 +149,14 @@ def test_wrong_vocabulary_is_refused(three_tasks):
 
 def test_bad_combinations_are_refused(three_tasks, tmp_path):
     artifacts, _, _, backbone = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     with pytest.raises(AotptError, match="two artifacts for task 'rte'"):
         MultiTaskPredictor(copy.deepcopy(backbone), [artifacts[0], artifacts[0]], fingerprint)
     with pytest.raises(AotptError, match="unknown mode='gpu'; accepted: device, host, onthefly"):
         MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, "gpu")
     with pytest.raises(AotptError, match="unknown task='mnli'; loaded: rte, cb, stsb"):
         _predictor(three_tasks).task_id("mnli")
-    dense = Artifact.load(export_seeded(make_run(tmp_path, "wnli", "dense")[0]))
+    dense = Artifact.load(export(make_run(tmp_path, "wnli", "dense")[0]))
     with pytest.raises(AotptError, match="holds no reparam weights .* serve it with mode=device or mode=host"):
         MultiTaskPredictor(copy.deepcopy(backbone), [dense], fingerprint, "onthefly")
 
@@ -204,9 +206,9 @@ def test_a_row_does_not_depend_on_the_padding_of_its_batch(tmp_path, model):
                 else:
                     tm.backbone.aot.source.W_R.mul_(20.0)
             save_trained(tm, run_dir / "model" / "trained.safetensors", read_run(run_dir, "run_dir")[1])
-            paths.append(export_seeded(run_dir))
+            paths.append(export(run_dir))
         artifacts = [Artifact.load(p) for p in paths]
-        fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+        fingerprint = artifacts[0].record.tokenizer_fingerprint
         for mode in modes:
             predictor = MultiTaskPredictor(plain_backbone(tm), artifacts, fingerprint, mode)
             (alone,) = _logits(predictor, tokenizer, [short])
@@ -232,8 +234,8 @@ def test_every_mode_returns_the_table_rows_bit_for_bit_whatever_the_cache_histor
     artifacts = []
     for task, reparam, seed in (("rte", "kron", 1), ("cb", "fc", 2)):
         run_dir, tm = make_run(tmp_path, task, reparam, weights_seed=seed, random_init=MINILM_SHAPED)
-        artifacts.append(Artifact.load(export_seeded(run_dir)))
-    backbone, fingerprint = plain_backbone(tm), artifacts[0].meta["tokenizer_fingerprint"]
+        artifacts.append(Artifact.load(export(run_dir)))
+    backbone, fingerprint = plain_backbone(tm), artifacts[0].record.tokenizer_fingerprint
 
     def source(mode, **kwargs):
         return MultiTaskPredictor(copy.deepcopy(backbone), artifacts, fingerprint, mode, **kwargs).backbone.aot.source
@@ -255,7 +257,7 @@ def test_every_mode_returns_the_table_rows_bit_for_bit_whatever_the_cache_histor
 
 def test_a_backbone_that_already_has_aot_hooks_is_refused(three_tasks):
     artifacts, models, _, backbone = three_tasks
-    fingerprint = artifacts[0].meta["tokenizer_fingerprint"]
+    fingerprint = artifacts[0].record.tokenizer_fingerprint
     trained = copy.deepcopy(models["rte"])  # its backbone carries the training hooks
     with pytest.raises(AotptError, match="already has AoT hooks"):
         MultiTaskPredictor(trained.backbone, artifacts, fingerprint)

@@ -107,13 +107,16 @@ def load_tokenizer(pretrained: str) -> PreTrainedTokenizerBase:
         raise _hub_error("tokenizer", pretrained, err) from err
 
 
-def load_backbone(pretrained: str, random_init: dict | None = None) -> PreTrainedModel:
+def load_backbone(pretrained: str, random_init: dict | None = None, seed: int | None = None) -> PreTrainedModel:
     """The encoder of `pretrained`, or a randomly initialised one.
 
     `random_init` holds config overrides (e.g. a tiny `hidden_size`); the
     architecture comes from `random_init["model_type"]` if given, else from
     `pretrained`'s config. Tests use this to build tiny BERT/RoBERTa/DeBERTa-v2
-    models without a download.
+    models without a download. With `seed` the random weights are drawn from a
+    generator seeded with it (the global one is left as it was), so a run
+    record that names the seed rebuilds the same backbone; without it they are
+    drawn from the global generator.
     """
     path = resolve_pretrained(pretrained)
     try:
@@ -128,11 +131,41 @@ def load_backbone(pretrained: str, random_init: dict | None = None) -> PreTraine
                 if model_type
                 else AutoConfig.from_pretrained(path, **overrides)
             )
-            model = AutoModel.from_config(config)
+            with torch.random.fork_rng(enabled=seed is not None):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                model = AutoModel.from_config(config)
     except Exception as err:  # network, offline cache miss, bad folder: all end in the same advice
         raise _hub_error("weights", pretrained, err) from err
     layout(model)  # fail early on an unsupported family
     return model
+
+
+def load_word_embeddings(pretrained: str, random_init: dict | None = None, seed: int | None = None) -> nn.Embedding:
+    """The backbone's (frozen) word-embedding matrix alone, e.g. for exporting an fc table.
+
+    A pretrained backbone stored as safetensors gives up this one tensor
+    without the rest of the model being built (DeBERTa-v2-xlarge is 900M
+    parameters, its word embeddings 197M); other checkpoints, and randomly
+    initialised backbones, are built whole.
+    """
+    if random_init is None:
+        from safetensors import safe_open
+        from transformers.utils import cached_file
+
+        path = resolve_pretrained(pretrained)
+        try:
+            _check_hub(path)
+            weights = cached_file(path, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+        except Exception as err:
+            raise _hub_error("weights", pretrained, err) from err
+        if weights is not None:
+            with safe_open(weights, "pt") as f:
+                names = [k for k in f.keys() if k.endswith("word_embeddings.weight")]
+                if len(names) == 1:
+                    return nn.Embedding.from_pretrained(f.get_tensor(names[0]), freeze=True)
+    backbone = load_backbone(pretrained, random_init, seed)
+    return backbone.get_submodule(layout(backbone).word_embeddings).requires_grad_(False)
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

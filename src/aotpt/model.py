@@ -5,20 +5,19 @@ ids -> bias source / method modules -> encoder -> first-token state -> head -> l
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from aotpt import __version__
-from aotpt.atomic import atomic_open, atomic_path
-from aotpt.backbones import count_params, freeze_except, load_backbone
-from aotpt.errors import AotptError, ConfigError
+from aotpt.atomic import atomic_path
+from aotpt.backbones import count_params, freeze_except, load_backbone, load_tokenizer, tokenizer_fingerprint
+from aotpt.errors import AotptError
 from aotpt.methods import MethodConfig, method_of
+from aotpt.record import RunMeta, read_run, record_path, write_record
 
 
 class ClassificationHead(nn.Module):
@@ -71,9 +70,11 @@ def build_model(
     num_labels: int,
     random_init: dict | None = None,
     head_dropout: float = 0.1,
+    init_seed: int | None = None,
 ) -> TaskModel:
-    """Load the backbone, attach the method, freeze all but its parameters and the head."""
-    backbone = load_backbone(pretrained, random_init)
+    """Load the backbone (a random one drawn with `init_seed`), attach the method, freeze all but its parameters
+    and the head."""
+    backbone = load_backbone(pretrained, random_init, init_seed)
     before = {name: type(module) for name, module in backbone.named_modules()}
     trainable = method_of(method).attach(backbone, method)
     freeze_except(backbone, trainable)
@@ -111,40 +112,47 @@ def describe(model: TaskModel) -> dict:
     }
 
 
-def save_trained(model: TaskModel, path: Path, metadata: dict) -> None:
-    """Write the trained tensors (safetensors) and `metadata` + version beside them (json)."""
+def save_trained(model: TaskModel, path: Path, record: RunMeta) -> None:
+    """Write the trained tensors (safetensors) and the run record (`path` with .json) beside them, atomically."""
     with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in model.trained_state().items()}, str(tmp))
-    meta = {**metadata, "aotpt_version": __version__, "trainable": model.trainable}
-    with atomic_open(path.with_suffix(".json")) as f:
-        json.dump(meta, f, indent=2, default=_jsonable)
+    write_record(record.with_(trainable=list(model.trainable)), path.with_suffix(".json"))
 
 
-def read_run(run_dir: str | Path, option: str) -> tuple[Path, dict]:
-    """The trained-tensor file of a finished `aotpt.train` run folder and its metadata.
-
-    `option` names the CLI option that gave the folder, for the error.
-    """
-    weights = Path(run_dir) / "model" / "trained.safetensors"
-    if not weights.is_file() or not weights.with_suffix(".json").is_file():
-        raise ConfigError(
-            f"{option}={run_dir} has no model/trained.safetensors (+ .json): not a finished python -m aotpt.train run"
-        )
-    return weights, json.loads(weights.with_suffix(".json").read_text())
-
-
-def load_trained(model: TaskModel, path: Path) -> dict:
+def load_trained(model: TaskModel, path: Path) -> None:
     """Load tensors saved by `save_trained`; refuses a file whose keys are not exactly the model's trainable ones."""
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise AotptError(f"{path}: truncated or corrupt trained tensors ({err})") from None
     if sorted(state) != model.trainable:
         missing = sorted(set(model.trainable) - set(state))[:3]
         extra = sorted(set(state) - set(model.trainable))[:3]
         raise AotptError(f"{path}: trained tensors do not match the model (missing {missing}, unexpected {extra})")
     model.load_state_dict(state, strict=False)
-    return json.loads(path.with_suffix(".json").read_text())
 
 
-def _jsonable(obj):
-    if hasattr(obj, "__dataclass_fields__"):
-        return {"_name": getattr(type(obj), "name", type(obj).__name__), **asdict(obj)}
-    return str(obj)
+def build_from_record(record: RunMeta, head_dropout: float = 0.0) -> TaskModel:
+    """The untrained model a record describes: its backbone (the same random weights, when random), method, head."""
+    return build_model(
+        record.backbone, record.method_config, record.num_labels, record.random_init, head_dropout, record.init_seed
+    )
+
+
+def load_run(run_dir: str | Path, option: str = "run_dir") -> tuple[TaskModel, RunMeta, PreTrainedTokenizerBase]:
+    """A trained run folder as (model in eval mode, its record, its tokenizer).
+
+    Refuses a tokenizer whose vocabulary is not the one the run was trained
+    with (the fingerprint), naming both.
+    """
+    weights, record = read_run(run_dir, option)
+    tokenizer = load_tokenizer(record.backbone)
+    found = tokenizer_fingerprint(tokenizer)
+    if found != record.tokenizer_fingerprint:
+        raise AotptError(
+            f"{record_path(run_dir)}: trained with tokenizer_fingerprint={record.tokenizer_fingerprint!r}, "
+            f"but {record.backbone} now loads a tokenizer with {found!r}"
+        )
+    model = build_from_record(record)
+    load_trained(model, weights)
+    return model.eval(), record, tokenizer

@@ -16,12 +16,12 @@ import torch
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from aotpt.data.datamodule import MODEL_INPUTS
 from aotpt.errors import AotptError, ConfigError
 from aotpt.methods import method_config
 from aotpt.model import TaskModel, build_model, describe
 from aotpt.tasks import TaskSpec, get_task
 from aotpt.tasks.metrics import compute_metrics
+from aotpt.tasks.predictions import eval_rows, model_inputs
 
 
 class TaskModule(L.LightningModule):
@@ -37,6 +37,7 @@ class TaskModule(L.LightningModule):
             self.spec.num_labels,
             random_init=model.get("random_init"),
             head_dropout=optim.get("head_dropout", 0.1),
+            init_seed=model.get("init_seed"),
         )
         self.net.train()  # hub weights load in eval mode; Lightning keeps modes as found (dropout on, as in the papers)
         self.strict_loading = False  # checkpoints hold only the trained tensors
@@ -48,8 +49,7 @@ class TaskModule(L.LightningModule):
 
     # ---- forward and loss -------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: v for k, v in batch.items() if k in MODEL_INPUTS}
-        return self.net(**inputs)
+        return self.net(**model_inputs(batch))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.spec.is_regression:
@@ -73,22 +73,8 @@ class TaskModule(L.LightningModule):
         )
 
     # ---- evaluation -------------------------------------------------------
-    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.squeeze(-1).float() if self.spec.is_regression else logits.argmax(-1)
-
     def eval_rows(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """What the metrics need of each row: id, prediction, and for grouped tasks group and score.
-
-        The score of a row is the log-probability of "right" (label 1): comparing
-        it within a group is the argmax of the softmax over the group's choices.
-        """
-        rows = {"idx": batch["idx"], "preds": self.predictions(logits)}
-        for key in ("labels", "group", "answer_f1"):
-            if key in batch:
-                rows[key] = batch[key]
-        if self.spec.grouping == "choice":
-            rows["score"] = logits.float().log_softmax(-1)[:, 1]
-        return rows
+        return eval_rows(self.spec, batch, logits)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         logits = self(batch)

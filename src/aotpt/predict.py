@@ -60,7 +60,7 @@ def predict_file(
     input_path: Path,
     output_path: Path,
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int | None = None,
 ) -> int:
     """Predict every request of `input_path` into `output_path` (written atomically); returns the count."""
     if batch_size < 1:

@@ -1,8 +1,9 @@
 """Leaderboard submission files of trained runs: `python -m aotpt.submit runs=[<run folder>,...] data_dir=...`.
 
-Each run folder holds `model/trained.safetensors` + `trained.json` (written
-by aotpt.train); the model is rebuilt from that metadata and predicts its
-task's test splits, in the formats the leaderboards grade:
+Each run folder holds `model/trained.safetensors` + its run record (written
+by aotpt.train); the model is rebuilt from the record (`model.load_run`) and
+predicts its task's test splits with the max length it was trained with, in
+the formats the leaderboards grade:
 
 - GLUE: one TSV per test split (CoLA.tsv ... MNLI-m.tsv, MNLI-mm.tsv, AX.tsv),
   header `index<TAB>prediction`, labels as in the task's files (0/1, NLI
@@ -30,14 +31,13 @@ import torch
 from omegaconf import DictConfig
 
 from aotpt.atomic import write_json_atomic
-from aotpt.backbones import load_tokenizer, tokenizer_fingerprint
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.data.datamodule import TaskDataModule
 from aotpt.errors import AotptError, ConfigError
-from aotpt.model import load_trained, read_run
-from aotpt.module import TaskModule
+from aotpt.model import load_run
 from aotpt.tasks import Example, TaskSpec, diagnostics_of, get_task
 from aotpt.tasks.metrics import compute_metrics, group_argmax
+from aotpt.tasks.predictions import predict_rows
 
 
 class Run:
@@ -45,40 +45,17 @@ class Run:
 
     def __init__(self, folder: str | Path, device: torch.device) -> None:
         self.folder = Path(folder)
-        self.weights, self.meta = read_run(self.folder, "runs")
-        self.task = self.meta["task"]
+        self.model, self.record, self.tokenizer = load_run(self.folder, "runs")
+        self.model.to(device)
+        self.task = self.record.task
         self.device = device
-        self.tokenizer = load_tokenizer(self.meta["backbone"])
-        if tokenizer_fingerprint(self.tokenizer) != self.meta["tokenizer_fingerprint"]:
-            raise AotptError(f"{self.weights}: tokenizer of {self.meta['backbone']} is not the one it used")
-        results = self.folder / "results.json"
-        config = json.loads(results.read_text())["config"] if results.is_file() else {}
-        self.max_length = config.get("data", {}).get("max_length", 128)
 
-    def module(self, task: str) -> TaskModule:
-        """The trained model with `task`'s spec (the run's own task or one of its diagnostics)."""
-        module = TaskModule(
-            model={"pretrained": self.meta["backbone"], "random_init": self.meta.get("random_init")},
-            method=self.meta["method"],
-            task=task,
-            optim={"head_dropout": 0.0},
-        )
-        load_trained(module.net, self.weights)
-        return module.to(self.device).eval()
+    def predict(self, spec: TaskSpec, datamodule: TaskDataModule, split: str) -> dict[str, torch.Tensor]:
+        """Every row's prediction (and group/score/labels where the split has them), sorted by row id.
 
-
-@torch.inference_mode()
-def predict(module: TaskModule, datamodule: TaskDataModule, split: str) -> dict[str, torch.Tensor]:
-    """Every row's prediction (and group/score/labels where the split has them), sorted by row id."""
-    loader = datamodule.loader(split)
-    out: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for batch in loader:
-        batch = {k: v.to(module.device) for k, v in batch.items()}
-        for key, value in module.eval_rows(batch, module(batch)).items():
-            out[key].append(value.cpu())
-    rows = {k: torch.cat(v) for k, v in out.items()}
-    order = torch.argsort(rows["idx"])
-    return {k: v[order] for k, v in rows.items()}
+        A diagnostic shares its model task's labels and head, so the run's own model predicts it.
+        """
+        return predict_rows(self.model, spec, datamodule.loader(split), self.device)
 
 
 def _label(spec: TaskSpec, pred: torch.Tensor):
@@ -123,19 +100,18 @@ def write_file(path: Path, spec: TaskSpec, recs: list) -> None:
 def submit_task(run: Run, task: str, cfg: DictConfig, out_dir: Path) -> dict:
     """Write `task`'s leaderboard files; for a diagnostic also return its metrics on the labelled copy."""
     spec = get_task(task)
-    module = run.module(task)
     datamodule = TaskDataModule(
-        task, run.tokenizer, data_dir=cfg.data_dir, max_length=run.max_length, eval_batch_size=cfg.batch_size
+        task, run.tokenizer, data_dir=cfg.data_dir, max_length=run.record.max_length, eval_batch_size=cfg.batch_size
     )
     for split, name in zip(spec.test_splits, spec.submit_files, strict=True):
-        rows = predict(module, datamodule, split)
+        rows = run.predict(spec, datamodule, split)
         path = out_dir / spec.benchmark / name
         recs = records(spec, datamodule.examples[split], rows)
         write_file(path, spec, recs)
         log.info("%s: %s (%d records from %d rows) by %s", task, path, len(recs), len(rows["idx"]), run.folder)
     if spec.trainable:
         return {}
-    rows = predict(module, datamodule, spec.eval_splits[0])
+    rows = run.predict(spec, datamodule, spec.eval_splits[0])
     return compute_metrics(spec, **{k: v for k, v in rows.items() if k != "idx"})
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,8 +22,10 @@ from aotpt.cli import CONF_DIR, entry, log, one_line_errors
 from aotpt.data.datamodule import TaskDataModule
 from aotpt.errors import ConfigError
 from aotpt.loggers import build_loggers
+from aotpt.methods import method_config, options_of
 from aotpt.model import save_trained
 from aotpt.module import TaskModule
+from aotpt.record import RunMeta
 from aotpt.results import ResultsWriter
 from aotpt.resume import AtomicCheckpointIO, EpochSeed, resume_path
 from aotpt.tasks import get_task
@@ -44,7 +47,7 @@ def _build(cfg: DictConfig, output_dir: Path):
         seed=cfg.seed,
     )
     module = TaskModule(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
+        model={**OmegaConf.to_container(cfg.model, resolve=True), "init_seed": cfg.seed},
         method=OmegaConf.to_container(cfg.method, resolve=True),
         task=cfg.task.name,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
@@ -66,27 +69,58 @@ def _save_best(trainer: L.Trainer, module: TaskModule, tokenizer, cfg: DictConfi
         state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state, strict=False)
     path = output_dir / "model" / "trained.safetensors"
-    backbone = module.net.backbone
-    save_trained(
-        module.net,
-        path,
-        {
-            "backbone": cfg.model.pretrained,
-            "random_init": OmegaConf.to_container(cfg.model.random_init) if cfg.model.random_init else None,
-            "model_type": backbone.config.model_type,
-            "num_layers": backbone.config.num_hidden_layers,
-            "hidden_size": backbone.config.hidden_size,
-            "vocab_size": backbone.config.vocab_size,
-            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
-            "task": module.spec.name,
-            "label_names": list(module.spec.label_names),
-            "metrics": list(module.spec.metrics),
-            "method": OmegaConf.to_container(cfg.method, resolve=True),
-            "best_epoch": module.best_epoch,
-            "best_score": module.best_score,
-        },
-    )
+    save_trained(module.net, path, run_record(cfg, module, tokenizer))
     return path
+
+
+# Trainer and data settings that shorten a run; the record keeps those set (reports tell such runs apart).
+LIMITS = {
+    "trainer": (
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "max_steps",
+        "fast_dev_run",
+        "overfit_batches",
+    ),
+    "data": ("limit_examples",),
+}
+_NOT_LIMITING = (None, False, -1, 0, 1.0)
+
+
+def run_record(cfg: DictConfig, module: TaskModule, tokenizer) -> RunMeta:
+    """The record of this run (`aotpt.record.RunMeta`): what export, predict, submit, serve and bench read."""
+    config = module.net.backbone.config
+    limits = {
+        f"{group}.{key}": cfg[group].get(key)
+        for group, keys in LIMITS.items()
+        for key in keys
+        if cfg[group].get(key) not in _NOT_LIMITING or cfg[group].get(key) is True
+    }
+    try:
+        choices = OmegaConf.to_container(HydraConfig.get().runtime.choices)
+    except ValueError:  # HydraConfig not set (a caller composed the config itself)
+        choices = {}
+    random_init = OmegaConf.to_container(cfg.model.random_init) if cfg.model.random_init else None
+    return RunMeta(
+        backbone=cfg.model.pretrained,
+        random_init=random_init,
+        init_seed=cfg.seed if random_init else None,
+        model_type=config.model_type,
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        vocab_size=module.net.backbone.get_input_embeddings().num_embeddings,
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+        task=module.spec.name,
+        label_names=list(module.spec.label_names),
+        metrics=list(module.spec.metrics),
+        method=options_of(method_config(OmegaConf.to_container(cfg.method, resolve=True))),
+        max_length=cfg.data.max_length,
+        choices={k: v for k, v in choices.items() if not k.startswith("hydra")},
+        limits=limits,
+        best_epoch=module.best_epoch,
+        best_score=module.best_score,
+    )
 
 
 def _finish_wandb() -> None:

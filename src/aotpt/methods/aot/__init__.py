@@ -36,6 +36,8 @@ class AotConfig(MethodConfig):
 def attach(backbone: PreTrainedModel, cfg: AotConfig) -> dict[str, nn.Parameter]:
     """Hook a zero-initialised bias into every layer; the hooks module becomes `backbone.aot`."""
     word_embeddings = backbone.get_submodule(layout(backbone).word_embeddings)
-    source = cfg.reparam.build(len(encoder_layers(backbone)), backbone.config.hidden_size, word_embeddings)
+    source = cfg.reparam.build(
+        len(encoder_layers(backbone)), backbone.config.hidden_size, word_embeddings.num_embeddings, word_embeddings
+    )
     backbone.add_module("aot", AotHooks(backbone, source))
     return {f"aot.{name}": p for name, p in backbone.aot.named_parameters()}

@@ -6,12 +6,19 @@
 Hooks keep the backbone's own code untouched, so any family in
 `aotpt.backbones.LAYOUTS` works. Three kinds of hook cooperate:
 
-1. a pre-hook on the backbone reads the token ids x and the attention mask,
-   and asks the bias source for rows P[x] — (B, n, L, d) — once per forward;
-2. a pre-hook on the encoder adds P_1[x] to its input (the embeddings output,
-   after any embedding projection), so every layer-1 branch sees it (also
-   DeBERTa-v2's convolution beside layer 1);
+1. a pre-hook on the backbone reads the token ids x and the attention mask
+   and lets the bias source prepare the forward (`prepare(keys)`): compute
+   or fetch the rows of the batch's distinct keys, or nothing at all for a
+   table already on the device;
+2. a pre-hook on the encoder adds P_1[x] (`source.layer(state, 0)`) to its
+   input (the embeddings output, after any embedding projection), so every
+   layer-1 branch sees it (also DeBERTa-v2's convolution beside layer 1);
 3. a pre-hook on each layer l >= 2 adds P_l[x] to that layer's input.
+
+Each layer gathers its own (B, n, d) rows straight into its add: the (B, n,
+L, d) tensor of all layers is never built, and in training each layer's
+gradient flows back into (U, d) rows of its own instead of a zero-filled
+(B, n, L, d) tensor per layer.
 
 Padded positions (attention mask 0) read the source's zero row, `zero_key`:
 they stay masked in attention anyway, but DeBERTa-v2's convolution reads
@@ -32,10 +39,11 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from transformers import PreTrainedModel
 
 from aotpt.backbones import encoder_layers, layout
@@ -43,27 +51,55 @@ from aotpt.errors import ConfigError
 
 
 class BiasSource(Protocol):
-    """Anything that returns rows of P = [P_1 | ... | P_L] for keys: (N,) -> (N, L*d).
+    """Where the rows of P = [P_1 | ... | P_L] come from, one forward at a time.
 
     Keys run over 0 .. zero_key - 1 (token ids, or task·|V| + token id for a
-    stacked source); key `zero_key` must give a row of zeros (padding).
+    stacked source); key `zero_key` reads a row of zeros (padding).
     """
 
     num_layers: int
     hidden: int
     zero_key: int
 
-    def rows(self, keys: torch.Tensor) -> torch.Tensor: ...
+    def prepare(self, keys: torch.Tensor) -> Any:
+        """Whatever `layer` needs for this forward's (B, n) keys."""
+
+    def layer(self, state: Any, index: int) -> torch.Tensor:
+        """P_index at every position of the forward: (B, n, d)."""
+
+
+class UniqueRows:
+    """`prepare`/`layer` for sources that produce whole rows (N,) -> (N, L*d) through `rows`: each distinct key's
+    row once per forward, split per layer, then gathered per position by each layer."""
+
+    num_layers: int
+    hidden: int
+
+    def rows(self, keys: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prepare(self, keys: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        unique, inverse = keys.unique(return_inverse=True)  # (U,), (B, n)
+        rows = self.rows(unique).view(len(unique), self.num_layers, self.hidden)  # (U, L, d)
+        return rows.unbind(1), inverse  # L x (U, d)
+
+    def layer(self, state: tuple[tuple[torch.Tensor, ...], torch.Tensor], index: int) -> torch.Tensor:
+        per_layer, inverse = state
+        return F.embedding(inverse, per_layer[index])  # (B, n, d)
 
 
 def gather_bias(source: BiasSource, keys: torch.Tensor) -> torch.Tensor:
-    """P_l[x] for every position and layer: (B, n) keys -> (B, n, L, d).
+    """P_l[x] for every position and layer at once, (B, n) keys -> (B, n, L, d): for tests and inspection."""
+    state = source.prepare(keys)
+    return torch.stack([source.layer(state, index) for index in range(source.num_layers)], dim=2)
 
-    Rows are computed once per distinct key of the batch, not per position.
-    """
-    unique, inverse = keys.unique(return_inverse=True)  # (U,), (B, n)
-    rows = source.rows(unique)  # (U, L*d)
-    return rows[inverse].view(*keys.shape, source.num_layers, source.hidden)  # (B, n, L, d)
+
+def add_bias(hidden: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """hidden + bias in hidden's dtype; an fp16/bf16 bias on fp32 hidden states is widened inside the add
+    (type promotion) rather than by a separate cast."""
+    if torch.promote_types(hidden.dtype, bias.dtype) != hidden.dtype:
+        bias = bias.to(hidden.dtype)
+    return hidden + bias
 
 
 def _replace_hidden(args: tuple, kwargs: dict, fn) -> tuple[tuple, dict]:
@@ -107,7 +143,7 @@ class AotHooks(nn.Module):
                 f"backbone has {len(layers)} x {backbone.config.hidden_size}"
             )
         self.source = source
-        self._bias: torch.Tensor | None = None  # (B, n, L, d) of the forward in flight
+        self._state: Any = None  # what the source prepared for the forward in flight
         self._task_ids: torch.Tensor | None = None  # (B,) inside `tasks(...)`, else None
         where = layout(backbone)
         self.vocab_size = backbone.get_submodule(where.word_embeddings).num_embeddings
@@ -139,17 +175,17 @@ class AotHooks(nn.Module):
         input_ids, mask = _ids_and_mask(args, kwargs)
         if input_ids is None:
             raise ConfigError("method=aot needs input_ids: its bias is a function of the token ids, not inputs_embeds")
-        self._bias = gather_bias(self.source, self.keys(input_ids, mask))
+        self._state = self.source.prepare(self.keys(input_ids, mask))
 
     def _add(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        bias = self._bias[:, :, index]  # (B, n, d)
-        return _replace_hidden(args, kwargs, lambda hidden: hidden + bias.to(hidden.dtype))
+        bias = self.source.layer(self._state, index)  # (B, n, d)
+        return _replace_hidden(args, kwargs, lambda hidden: add_bias(hidden, bias))
 
     def __getstate__(self) -> dict:
         # The rows of the last forward are part of an autograd graph: never copy or pickle them
         # (deepcopy, DDP spawn). They are kept between forwards so that gradient checkpointing,
         # which re-runs layers during backward, still finds them.
-        return {**self.__dict__, "_bias": None}
+        return {**self.__dict__, "_state": None}
 
     @contextmanager
     def tasks(self, task_ids: torch.Tensor) -> Iterator[None]:

@@ -22,6 +22,7 @@ from transformers.activations import ACT2FN
 
 from aotpt.errors import ConfigError
 from aotpt.methods._shared import at_least, one_of, probability
+from aotpt.methods.aot.hooks import UniqueRows
 
 # A dense table above this size is refused: use kron or fc instead.
 DENSE_MAX_BYTES = 2 * 1024**3
@@ -36,10 +37,15 @@ class ReparamConfig:
     """Fields shared by every reparameterisation; `name` is its registry name (`REPARAMS`, `reparam=`)."""
 
     name: ClassVar[str]
+    needs_embeddings: ClassVar[bool] = False  # does `build` read the backbone's word embeddings (fc)?
     dropout: float = 0.0  # on the rank-space activations (kron: r², fc: r); 0 keeps rows exact
 
     def __post_init__(self) -> None:
         probability("reparam.dropout", self.dropout)
+
+    def build(self, num_layers: int, hidden: int, vocab_size: int, word_embeddings: nn.Embedding | None = None):
+        """The trainable bias source for a backbone of `num_layers` x `hidden` and `vocab_size` token ids."""
+        raise NotImplementedError
 
 
 @dataclass
@@ -51,13 +57,14 @@ class KronConfig(ReparamConfig):
         super().__post_init__()
         at_least("reparam.rank", self.rank, 1)
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> KronReparam:
-        return KronReparam(word_embeddings.num_embeddings, num_layers, hidden, self.rank, self.dropout)
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> KronReparam:
+        return KronReparam(vocab_size, num_layers, hidden, self.rank, self.dropout)
 
 
 @dataclass
 class FcConfig(ReparamConfig):
     name: ClassVar[str] = "fc"
+    needs_embeddings: ClassVar[bool] = True
     rank: int = 64  # r: width of the bottleneck between E (d) and P (L·d)
     activation: str = "relu"  # f, any name in transformers.activations.ACT2FN
 
@@ -66,7 +73,9 @@ class FcConfig(ReparamConfig):
         at_least("reparam.rank", self.rank, 1)
         one_of("reparam.activation", self.activation, ACT2FN)
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> FcReparam:
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> FcReparam:
+        if word_embeddings is None or word_embeddings.num_embeddings != vocab_size:
+            raise ConfigError(f"reparam=fc reads the backbone's word embeddings ({vocab_size} rows): pass them")
         return FcReparam(word_embeddings, num_layers, hidden, self.rank, self.activation, self.dropout)
 
 
@@ -74,8 +83,8 @@ class FcConfig(ReparamConfig):
 class DenseConfig(ReparamConfig):
     name: ClassVar[str] = "dense"
 
-    def build(self, num_layers: int, hidden: int, word_embeddings: nn.Embedding) -> DenseReparam:
-        vocab = word_embeddings.num_embeddings
+    def build(self, num_layers, hidden, vocab_size, word_embeddings=None) -> DenseReparam:
+        vocab = vocab_size
         need = vocab * num_layers * hidden * 4
         if need > DENSE_MAX_BYTES:
             raise ConfigError(
@@ -90,7 +99,7 @@ class DenseConfig(ReparamConfig):
 REPARAMS: dict[str, type[ReparamConfig]] = {cls.name: cls for cls in (KronConfig, FcConfig, DenseConfig)}
 
 
-class Reparam(nn.Module):
+class Reparam(UniqueRows, nn.Module):
     """A bias source: rows of P for given token ids, without building P."""
 
     def __init__(self, vocab_size: int, num_layers: int, hidden: int) -> None:
@@ -144,7 +153,30 @@ class Reparam(nn.Module):
         return out
 
 
-class KronReparam(Reparam):
+class FactoredReparam(Reparam):
+    """P = C(x) · W: a small code per token (kron: r², fc: r + 1) times one weight matrix (code width x L*d).
+
+    The padding key's rows are zeroed through its code (U x c values) rather
+    than through its rows (U x L*d values, twice: forward and backward).
+    """
+
+    def code(self, ids: torch.Tensor) -> torch.Tensor:
+        """C(ids): (N,) valid ids -> (N, c)."""
+        raise NotImplementedError
+
+    def weight(self) -> torch.Tensor:
+        """W: (c, L*d)."""
+        raise NotImplementedError
+
+    def compute(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.code(ids) @ self.weight()  # (N, L*d)
+
+    def rows(self, ids: torch.Tensor) -> torch.Tensor:
+        real = (ids < self.vocab_size).unsqueeze(1)  # (N, 1): the padding key's code is zero, so is its row
+        return (self.code(ids.clamp(max=self.vocab_size - 1)) * real) @ self.weight()  # (N, L*d)
+
+
+class KronReparam(FactoredReparam):
     """Row x of (W_L ⊗ W_M) is kron(W_L[x // b], W_M[x % b]), so any row costs O(r² L d)."""
 
     def __init__(self, vocab_size: int, num_layers: int, hidden: int, rank: int, dropout: float) -> None:
@@ -157,15 +189,22 @@ class KronReparam(Reparam):
         self.W_R = nn.Parameter(torch.zeros(rank * rank, num_layers * hidden))
         self.dropout = nn.Dropout(dropout)
 
-    def compute(self, ids: torch.Tensor) -> torch.Tensor:
+    def code(self, ids: torch.Tensor) -> torch.Tensor:
         left = self.W_L[ids // self.b]  # (N, r)
         right = self.W_M[ids % self.b]  # (N, r)
-        kron = (left[:, :, None] * right[:, None, :]).reshape(len(ids), self.rank * self.rank)  # (N, r²)
-        return self.dropout(kron) @ self.W_R  # (N, L*d)
+        return self.dropout((left[:, :, None] * right[:, None, :]).reshape(len(ids), self.rank * self.rank))  # (N, r²)
+
+    def weight(self) -> torch.Tensor:
+        return self.W_R  # (r², L*d)
 
 
-class FcReparam(Reparam):
-    """P = f(E W1 + b1) W2 + b2 over the backbone's own frozen word embeddings E."""
+class FcReparam(FactoredReparam):
+    """P = f(E W1 + b1) W2 + b2 over the backbone's own frozen word embeddings E.
+
+    As a factored reparam the code is [f(E W1 + b1), 1] and W is [W2; b2], so
+    the bias b2 is part of the product and the padding key's zero code gives a
+    zero row.
+    """
 
     def __init__(
         self, word_embeddings: nn.Embedding, num_layers: int, hidden: int, rank: int, activation: str, dropout: float
@@ -181,9 +220,12 @@ class FcReparam(Reparam):
         nn.init.zeros_(self.down.weight)
         nn.init.zeros_(self.down.bias)
 
-    def compute(self, ids: torch.Tensor) -> torch.Tensor:
-        emb = self._embeddings[0](ids)  # (N, d_emb)
-        return self.down(self.dropout(self.act(self.up(emb))))  # (N, L*d)
+    def code(self, ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(self.act(self.up(self._embeddings[0](ids))))  # (N, r)
+        return torch.cat([hidden, hidden.new_ones(len(ids), 1)], dim=1)  # (N, r + 1)
+
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.down.weight.T, self.down.bias[None]])  # (r + 1, L*d)
 
 
 class DenseReparam(Reparam):

@@ -1,6 +1,6 @@
 """One frozen backbone, many AoT tasks, one forward per mixed batch (plain PyTorch).
 
-    rows of tasks t_b, ids x_b -> bias rows t_b·|V| + x (table.py source, one of MODES)
+    rows of tasks t_b, ids x_b -> bias rows t_b·|V| + x (a `sources` mode: device, host, onthefly)
         -> AotHooks add P_l to every layer's input -> encoder (once) -> head of t_b per row
 
 Each task is an artifact written by `python -m aotpt.export`. Loading checks
@@ -26,9 +26,10 @@ from transformers import DataCollatorWithPadding, PreTrainedModel, PreTrainedTok
 
 from aotpt.backbones import load_backbone, load_tokenizer, tokenizer_fingerprint
 from aotpt.errors import AotptError, choices
+from aotpt.methods.aot.artifact import Artifact
 from aotpt.methods.aot.hooks import AotHooks, is_hooked
-from aotpt.methods.aot.table import Artifact, build_source
 from aotpt.model import ClassificationHead
+from aotpt.serving.sources import build_source
 
 log = logging.getLogger("aotpt")
 NO_ARTIFACTS = "artifacts=[] is empty; pass one artifact per task (python -m aotpt.export)"
@@ -70,13 +71,15 @@ class MultiTaskPredictor(nn.Module):
             seen[artifact.task] = artifact.path
         self.mode = mode
         self.tasks = list(seen)
-        self.label_names = [tuple(a.meta["label_names"]) for a in artifacts]
+        self.label_names = [tuple(a.record.label_names) for a in artifacts]
+        self.max_lengths = [a.record.max_length for a in artifacts]
+        self.truncations = [a.record.truncation for a in artifacts]
         self.backbone = backbone.eval()
         backbone.add_module("aot", AotHooks(backbone, build_source(mode, list(artifacts), backbone, cache_rows)))
         self.heads = nn.ModuleList(self._head(a) for a in artifacts).to(backbone.device, backbone.dtype).eval()
 
     def _head(self, artifact: Artifact) -> ClassificationHead:
-        head = ClassificationHead(artifact.meta["hidden_size"], len(artifact.meta["label_names"]) or 1)
+        head = ClassificationHead(artifact.record.hidden_size, artifact.record.num_labels)
         head.load_state_dict(artifact.tensors("head"))
         return head
 
@@ -97,13 +100,15 @@ class MultiTaskPredictor(nn.Module):
         if dtype not in DTYPES:
             raise choices("dtype", dtype, DTYPES)
         artifacts = [Artifact.load(p) for p in paths]
-        first = artifacts[0].meta
-        name = pretrained or first["backbone"]
-        random_init = first["random_init"] if pretrained is None else None
-        if random_init:
-            log.warning("%s names a randomly initialised backbone (tests only): its weights are drawn anew", paths[0])
+        first = artifacts[0].record
+        name = pretrained or first.backbone
+        random_init = first.random_init if pretrained is None else None
+        if random_init and first.init_seed is None:
+            log.warning(
+                "%s names a randomly initialised backbone without its seed: its weights are drawn anew", paths[0]
+            )
         tokenizer = load_tokenizer(name)
-        backbone = load_backbone(name, random_init).to(device, DTYPES[dtype])
+        backbone = load_backbone(name, random_init, first.init_seed).to(device, DTYPES[dtype])
         return cls(backbone, artifacts, tokenizer_fingerprint(tokenizer), mode, cache_rows, name), tokenizer
 
     def task_id(self, task: str) -> int:
@@ -139,12 +144,16 @@ class MultiTaskPredictor(nn.Module):
         self,
         tokenizer: PreTrainedTokenizerBase,
         texts: Sequence[tuple[str, str | None]],
-        max_length: int,
         task_ids: torch.Tensor,
+        max_length: int | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Tokenise (text_a, text_b) rows as training does (truncation longest_first), padded to the longest;
-        checked on the host (`check_ids`), then moved to the backbone's device."""
-        features = [tokenizer(a, b, truncation="longest_first", max_length=max_length) for a, b in texts]
+        """Tokenise (text_a, text_b) rows as their task was trained (truncation and max length from its run record,
+        or `max_length` for all), padded to the longest; checked on the host (`check_ids`), then moved to the
+        backbone's device."""
+        features = [
+            tokenizer(a, b, truncation=self.truncations[t], max_length=max_length or self.max_lengths[t])
+            for (a, b), t in zip(texts, task_ids.tolist(), strict=True)
+        ]
         batch = DataCollatorWithPadding(tokenizer)(features)
         self.check_ids(batch["input_ids"], task_ids)
         return {k: v.to(self.backbone.device) for k, v in batch.items()}
@@ -153,7 +162,7 @@ class MultiTaskPredictor(nn.Module):
         self,
         tokenizer: PreTrainedTokenizerBase,
         requests: Sequence[tuple[str, str, str | None]],
-        max_length: int = 128,
+        max_length: int | None = None,
     ) -> list[dict]:
         """(task, text_a, text_b) rows -> {task, label, scores} each, in one forward.
 
@@ -161,7 +170,7 @@ class MultiTaskPredictor(nn.Module):
         probability per label name. Regression: label = scores["value"] = the output.
         """
         task_ids = torch.tensor([self.task_id(task) for task, _, _ in requests])
-        batch = self.encode(tokenizer, [(a, b) for _, a, b in requests], max_length, task_ids)
+        batch = self.encode(tokenizer, [(a, b) for _, a, b in requests], task_ids, max_length)
         logits_per_row = self(task_ids=task_ids.to(self.backbone.device), **batch)
         out = []
         for t, logits in zip(task_ids.tolist(), logits_per_row, strict=True):
