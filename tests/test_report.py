@@ -211,14 +211,14 @@ def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_
 
 def test_discussion_block_survives_regeneration(tmp_path):
     _grid(tmp_path / "runs")
-    _report(tmp_path)
+    _report(tmp_path, figure_formats=[])
     page = tmp_path / "out" / "report.md"
     text = page.read_text()
     begin, end = "<!-- discussion:begin -->", "<!-- discussion:end -->"
     assert begin in text and end in text
     mine = "\nAoT wins on RTE; kron and fc differ by 0.3 points.\n"
     page.write_text(text.split(begin)[0] + begin + mine + end + text.split(end)[1])
-    _report(tmp_path)
+    _report(tmp_path, figure_formats=[])
     assert page.read_text() == text.split(begin)[0] + begin + mine + end + text.split(end)[1]
 
 
@@ -240,7 +240,8 @@ def test_empty_runs_dir_is_a_one_line_error(tmp_path):
 def test_cli_prints_the_table_and_writes_the_report(tmp_path):
     fake_run(tmp_path / "runs", "cb", 1, 0.8)
     proc = subprocess.run(
-        [sys.executable, "-m", "aotpt.report", f"runs_dir={tmp_path / 'runs'}", f"out_dir={tmp_path / 'out'}"],
+        [sys.executable, "-m", "aotpt.report", f"runs_dir={tmp_path / 'runs'}", f"out_dir={tmp_path / 'out'}"]
+        + ["figure_formats=[]"],
         capture_output=True,
         text=True,
         check=True,

@@ -135,7 +135,7 @@ def write(report: Report, cfg: DictConfig) -> Path:
     """Every output file; returns the markdown page's path."""
     out = report.out_dir
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    formats = list(cfg.get("figure_formats") or ["png"])
+    formats = list(cfg.get("figure_formats") or [])
     report.figures = figures.write_figures(report, out / "figures", formats)
     files = {
         "tables/scores.csv": tables.scores_csv(report),

@@ -193,7 +193,9 @@ def tasks_figure(report, backbone: str, folder: Path, formats: list[str]) -> lis
 
 
 def write_figures(report, folder: Path, formats: list[str]) -> list[str]:
-    """Every figure the report's data allows; returns the file names written (first format of each)."""
+    """Every figure the report's data allows (none without formats); returns the file names written."""
+    if not formats:
+        return []
     written = macro_figure(report, folder, formats) + params_figure(report, folder, formats)
     written += backbones_figure(report, folder, formats)
     for backbone in report.selection.backbones:
