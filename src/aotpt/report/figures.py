@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from aotpt.report.select import BENCHMARKS, setup_order
 from aotpt.report.tables import BENCHMARK_NAMES, csv_text, pct
@@ -56,11 +57,15 @@ def macro_figure(report, folder: Path, formats: list[str]) -> list[str]:
     benchmarks = [b for b in BENCHMARKS if any(m.benchmark == b for m in sel.macros)]
     if not benchmarks:
         return []
-    fig = Figure(figsize=(max(4.0, 1.2 * len(sel.setups)) * len(sel.backbones), 3.6))
-    axes = fig.subplots(1, len(sel.backbones), squeeze=False)[0]
+    cols = min(2, len(sel.backbones))
+    nrows = -(-len(sel.backbones) // cols)
+    fig = Figure(figsize=(max(4.0, 0.9 * len(sel.setups)) * cols, 3.6 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False).ravel()
+    for ax in axes[len(sel.backbones) :]:
+        ax.set_visible(False)
     rows = []
     width = 0.8 / len(benchmarks)
-    for ax, backbone in zip(axes, sel.backbones, strict=True):
+    for ax, backbone in zip(axes, sel.backbones, strict=False):
         for j, benchmark in enumerate(benchmarks):
             xs, means, stds = [], [], []
             for i, setup in enumerate(sel.setups):
@@ -104,20 +109,19 @@ def params_figure(report, folder: Path, formats: list[str]) -> list[str]:
                 m, p = sel.macro(backbone, setup, benchmark), report.params.get((backbone, setup))
                 if m is None or p is None:
                     continue
-                ax.errorbar(
-                    p["trainable"],
-                    100 * m.mean,
-                    yerr=100 * m.std,
-                    fmt=MARKERS[b % len(MARKERS)],
-                    color=color(setup),
-                    capsize=3,
-                    label=f"{setup} ({backbone})",
-                )
+                marker = MARKERS[b % len(MARKERS)]
+                ax.errorbar(p["trainable"], 100 * m.mean, yerr=100 * m.std, fmt=marker, color=color(setup), capsize=3)
                 rows.append([benchmark, backbone, setup, p["trainable"], pct(m.mean, 3), pct(m.std, 3)])
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
         ax.set_ylabel(f"{BENCHMARK_NAMES[benchmark]} dev score (%)")
-        ax.legend(fontsize="x-small")
+        # one legend entry per setup (colour) and per backbone (marker), not per pair
+        handles = [Line2D([], [], color=color(s), marker="o", linestyle="", label=s) for s in sel.setups]
+        if len(sel.backbones) > 1:
+            hollow = {"color": "black", "markerfacecolor": "none", "linestyle": ""}
+            handles += [Line2D([], [], marker=MARKERS[i % len(MARKERS)], label=b, **hollow)
+                        for i, b in enumerate(sel.backbones)]  # fmt: skip
+        ax.legend(handles=handles, fontsize="x-small")
     header = ["benchmark", "backbone", "setup", "trainable_params", "score", "std"]
     return _save(fig, folder, "params", formats, header, rows)
 
