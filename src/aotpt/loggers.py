@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch import loggers as pl_loggers
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig
 
@@ -89,7 +90,7 @@ class WandbSummary(L.Callback):
 
         from aotpt.results import ResultsWriter
 
-        run = next((lg.experiment for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        run = next((lg.experiment for lg in trainer.loggers if isinstance(lg, pl_loggers.WandbLogger)), None)
         results = next((c for c in trainer.callbacks if isinstance(c, ResultsWriter)), None)
         if run is None or results is None or not trainer.is_global_zero or not results.epochs:
             return
