@@ -205,6 +205,14 @@ def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_
     assert "| aot/kron |" in md and "**" in md and "Built from 54 of the 55 runs" in md
     assert "1 failed" in md and "ValueError: boom" in md and "make study" in md
     assert "majority class" in md and "## Pilot" in md and "![" in md
+    # check=true rebuilds in memory and names what would change; the discussion block is not generated
+    checked = {**options, "out_dir": "a", "check": True}
+    page = tmp_path / "a" / "report.md"
+    page.write_text(page.read_text().replace("<!-- discussion:end -->", "Hand-written.\n<!-- discussion:end -->"))
+    report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), checked))
+    (tmp_path / "a" / "figures" / "macro.csv").write_text("edited")
+    with pytest.raises(ConfigError, match=r"check=true: rebuilding the report changes a/figures/macro.csv;"):
+        report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), checked))
     tex = (tmp_path / "a" / "report.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "ptuning" not in tex
 

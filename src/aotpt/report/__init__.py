@@ -8,7 +8,7 @@ figures.py and page.py write markdown, CSV, LaTeX, PNG and the page;
 build.py ties them together (`run(cfg)`).
 """
 
-from aotpt.report.build import Report, build, run, write
+from aotpt.report.build import Report, build, outputs, run, stale, write
 from aotpt.report.tables import terminal
 
-__all__ = ["Report", "build", "run", "terminal", "write"]
+__all__ = ["Report", "build", "outputs", "run", "stale", "terminal", "write"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from aotpt.atomic import write_json_atomic
+from aotpt.atomic import atomic_open
 from aotpt.cli import CONF_DIR
 from aotpt.errors import ConfigError
 from aotpt.report import figures, page, tables
@@ -131,18 +131,20 @@ def _json(report: Report) -> dict:
     }
 
 
-def write(report: Report, cfg: DictConfig) -> Path:
-    """Every output file; returns the markdown page's path."""
+def outputs(report: Report, cfg: DictConfig, draw: bool = True) -> dict[Path, str]:
+    """Every text the report consists of, by path (figures are drawn into out_dir/figures when `draw`)."""
     out = report.out_dir
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    formats = list(cfg.get("figure_formats") or [])
-    report.figures = figures.write_figures(report, out / "figures", formats)
+    sink = figures.Sink(out / "figures", list(cfg.get("figure_formats") or []), draw)
+    figures.write_figures(report, sink)
+    report.figures = sink.images
     files = {
         "tables/scores.csv": tables.scores_csv(report),
         "tables/macro.csv": tables.macro_csv(report),
         "tables/params.csv": tables.params_csv(report),
         "tables/runs.csv": tables.runs_csv(report.runs),
         "report.tex": tables.main_latex(report),
+        "report.json": json.dumps(_json(report), indent=2, default=str),
+        **sink.texts,
     }
     if report.majority:
         rows = [[t, tables.pct(m["score"], 3)] for t, m in report.majority.items()]
@@ -151,18 +153,36 @@ def write(report: Report, cfg: DictConfig) -> Path:
         rows = [[p.backbone, p.setup, tables.chosen_text(p.values), json.dumps(p.scores, sort_keys=True),
                  tables.pct(p.mean, 3), int(p.picked)] for p in report.pilot]  # fmt: skip
         files["tables/pilot.csv"] = tables.csv_text(["backbone", "setup", "config", "scores", "mean", "picked"], rows)
-    for name, text in files.items():
-        (out / name).write_text(text)
-    write_json_atomic(out / "report.json", _json(report))
+    texts = {out / name: text for name, text in files.items()}
     page_path = Path(cfg.page) if cfg.get("page") else out / "report.md"
-    existing = page_path.read_text() if page_path.is_file() else None
-    page_path.parent.mkdir(parents=True, exist_ok=True)
-    page_path.write_text(page.render(report, page_path, existing))
-    return page_path
+    texts[page_path] = page.render(report, page_path, page_path.read_text() if page_path.is_file() else None)
+    return texts
+
+
+def write(report: Report, cfg: DictConfig) -> None:
+    for path, text in outputs(report, cfg).items():
+        with atomic_open(path) as f:
+            f.write(text)
+
+
+def stale(report: Report, cfg: DictConfig) -> list[Path]:
+    """The report's files that differ from what the runs give now (images are not compared: they depend on
+    the matplotlib version; the CSV beside each figure holds its numbers). Writes nothing."""
+    return [path for path, text in outputs(report, cfg, draw=False).items()
+            if not path.is_file() or path.read_text() != text]  # fmt: skip
 
 
 def run(cfg: DictConfig) -> Report:
-    """Build the report of `cfg.runs_dir` and write it to `cfg.out_dir`."""
+    """Build the report of `cfg.runs_dir` and write it to `cfg.out_dir`; with `check=true` only compare.
+
+    A committed report stays tied to its runs: `check=true` raises a one-line
+    error naming every file that a rebuild would change.
+    """
     report = build(cfg)
+    if cfg.get("check"):
+        if differ := stale(report, cfg):
+            names = ", ".join(page.shown_path(p) for p in differ)
+            raise ConfigError(f"check=true: rebuilding the report changes {names}; run it without check=true")
+        return report
     write(report, cfg)
     return report

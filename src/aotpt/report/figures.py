@@ -43,20 +43,29 @@ def color(setup: str) -> str:
     return PALETTE[(order.index(setup) if setup in order else len(order)) % len(PALETTE)]
 
 
-def _save(fig: Figure, folder: Path, name: str, formats: list[str], header: list[str], rows: list[list]) -> list[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.csv").write_text(csv_text(header, rows))
-    fig.tight_layout()
-    for fmt in formats:
-        fig.savefig(folder / f"{name}.{fmt}", dpi=150, metadata=METADATA.get(fmt, {}))
-    return [f"{name}.{fmt}" for fmt in formats]
+class Sink:
+    """Where figures go: each one's data as CSV text (always) and its image files (only when drawing)."""
+
+    def __init__(self, folder: Path, formats: list[str], draw: bool = True) -> None:
+        self.folder, self.formats, self.draw = folder, formats, draw
+        self.texts: dict[str, str] = {}  # figures/<name>.csv -> its text
+        self.images: list[str] = []  # <name>.<format>
+
+    def add(self, fig: Figure, name: str, header: list[str], rows: list[list]) -> None:
+        self.texts[f"figures/{name}.csv"] = csv_text(header, rows)
+        self.images += [f"{name}.{fmt}" for fmt in self.formats]
+        if self.draw:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fig.tight_layout()
+            for fmt in self.formats:
+                fig.savefig(self.folder / f"{name}.{fmt}", dpi=150, metadata=METADATA.get(fmt, {}))
 
 
-def macro_figure(report, folder: Path, formats: list[str]) -> list[str]:
+def macro_figure(report, sink: Sink) -> None:
     sel = report.selection
     benchmarks = [b for b in BENCHMARKS if any(m.benchmark == b for m in sel.macros)]
     if not benchmarks:
-        return []
+        return
     cols = min(2, len(sel.backbones))
     nrows = -(-len(sel.backbones) // cols)
     fig = Figure(figsize=(max(4.0, 0.9 * len(sel.setups)) * cols, 3.6 * nrows))
@@ -92,14 +101,14 @@ def macro_figure(report, folder: Path, formats: list[str]) -> list[str]:
         ax.set_title(backbone)
         ax.set_ylabel("dev score (%)")
         ax.legend(fontsize="small")
-    return _save(fig, folder, "macro", formats, ["backbone", "setup", "benchmark", "score", "std", "tasks", "of"], rows)
+    sink.add(fig, "macro", ["backbone", "setup", "benchmark", "score", "std", "tasks", "of"], rows)
 
 
-def params_figure(report, folder: Path, formats: list[str]) -> list[str]:
+def params_figure(report, sink: Sink) -> None:
     sel = report.selection
     benchmarks = [b for b in BENCHMARKS if any(m.benchmark == b for m in sel.macros)]
     if not benchmarks:
-        return []
+        return
     fig = Figure(figsize=(4.8 * len(benchmarks), 3.8))
     axes = fig.subplots(1, len(benchmarks), squeeze=False)[0]
     rows = []
@@ -123,15 +132,15 @@ def params_figure(report, folder: Path, formats: list[str]) -> list[str]:
                         for i, b in enumerate(sel.backbones)]  # fmt: skip
         ax.legend(handles=handles, fontsize="x-small")
     header = ["benchmark", "backbone", "setup", "trainable_params", "score", "std"]
-    return _save(fig, folder, "params", formats, header, rows)
+    sink.add(fig, "params", header, rows)
 
 
-def backbones_figure(report, folder: Path, formats: list[str]) -> list[str]:
+def backbones_figure(report, sink: Sink) -> None:
     sel = report.selection
     sized = [b for b in sel.backbones if report.backbone_params.get(b)]
     benchmarks = [b for b in BENCHMARKS if any(m.benchmark == b for m in sel.macros)]
     if len(sized) < 2 or not benchmarks:
-        return []
+        return
     fig = Figure(figsize=(4.8 * len(benchmarks), 3.8))
     axes = fig.subplots(1, len(benchmarks), squeeze=False)[0]
     rows = []
@@ -161,14 +170,14 @@ def backbones_figure(report, folder: Path, formats: list[str]) -> list[str]:
         ax.set_ylabel(f"{BENCHMARK_NAMES[benchmark]} dev score (%)")
         ax.legend(fontsize="x-small")
     header = ["benchmark", "setup", "backbone", "backbone_params", "score", "std"]
-    return _save(fig, folder, "backbones", formats, header, rows)
+    sink.add(fig, "backbones", header, rows)
 
 
-def tasks_figure(report, backbone: str, folder: Path, formats: list[str]) -> list[str]:
+def tasks_figure(report, backbone: str, sink: Sink) -> None:
     sel = report.selection
     tasks = [t for t in sel.tasks if any(c.chosen for c in sel.cells if (c.backbone, c.task) == (backbone, t))]
     if not tasks:
-        return []
+        return
     cols = min(4, len(tasks))
     nrows = (len(tasks) + cols - 1) // cols
     fig = Figure(figsize=(3.2 * cols, 2.8 * nrows))
@@ -193,15 +202,15 @@ def tasks_figure(report, backbone: str, folder: Path, formats: list[str]) -> lis
     for ax in axes[len(tasks) :]:
         ax.set_visible(False)
     fig.suptitle(f"{backbone}: dev score (%) per task" + (", dashed: majority class" if report.majority else ""))
-    return _save(fig, folder, f"tasks_{backbone}", formats, ["task", "setup", "score", "std", "seeds"], rows)
+    sink.add(fig, f"tasks_{backbone}", ["task", "setup", "score", "std", "seeds"], rows)
 
 
-def write_figures(report, folder: Path, formats: list[str]) -> list[str]:
-    """Every figure the report's data allows (none without formats); returns the file names written."""
-    if not formats:
-        return []
-    written = macro_figure(report, folder, formats) + params_figure(report, folder, formats)
-    written += backbones_figure(report, folder, formats)
+def write_figures(report, sink: Sink) -> None:
+    """Every figure the report's data allows, into `sink` (nothing without formats)."""
+    if not sink.formats:
+        return
+    macro_figure(report, sink)
+    params_figure(report, sink)
+    backbones_figure(report, sink)
     for backbone in report.selection.backbones:
-        written += tasks_figure(report, backbone, folder, formats)
-    return written
+        tasks_figure(report, backbone, sink)

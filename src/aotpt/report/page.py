@@ -178,7 +178,7 @@ def report_command(options: dict, defaults: dict) -> str:
     """`python -m aotpt.report k=v ...` for the options that differ from conf/report.yaml, paths as shown."""
     parts = ["python -m aotpt.report"]
     for key, given in options.items():
-        if key == "commands" or given == defaults.get(key) or given in (None, [], ""):
+        if key in ("commands", "check") or given == defaults.get(key) or given in (None, [], ""):
             continue
         if key.endswith("_dir") or key == "page":
             given = shown_path(given)
