@@ -200,3 +200,10 @@ def test_wandb_sweep_command_line_runs(name, tmp_path):
     proc = subprocess.run([*command, *tiny], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert list(tmp_path.rglob("results.json"))
+
+
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (SWEEPS_DIR / "hydra" / "launcher").glob("*.yaml")))
+def test_launcher_presets_compose_with_the_paper_sweeps(launcher):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[slurm]")
+    (cfg,) = _compose_jobs("paper_deberta_xl", [[f"hydra/launcher={launcher}"]])
+    assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.gpus_per_node == 1
