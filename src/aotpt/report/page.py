@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 from aotpt.report.tables import (
-    BENCHMARK_NAMES,
-    backbone_title,
     chosen_rows,
     chosen_text,
     main_markdown,
@@ -185,6 +183,3 @@ def report_command(options: dict, defaults: dict) -> str:
         text = f"[{','.join(map(str, given))}]" if isinstance(given, list) else str(given)
         parts.append(shlex.quote(f"{key}={text}"))
     return " ".join(parts)
-
-
-__all__ = ["BENCHMARK_NAMES", "backbone_title", "discussion", "render", "report_command", "shown_path"]
