@@ -4,8 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data
 ARGS ?=
+MODEL ?= minilm
+LAUNCHER ?=
+RUNS ?= logs/runs
+ROOT := $${AOTPT_ROOT:-.}
 
-.PHONY: install test test-full test-gpu train sweep export predict serve submit report bench bench-serving bench-server lint format clean
+.PHONY: install test test-full test-gpu train sweep paper search export predict serve submit report bench bench-serving bench-server lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +34,16 @@ train:  ## e.g. make train ARGS="task=mrpc method=aot reparam=fc"
 sweep:  ## e.g. make sweep SWEEP=aot_glue_minilm
 	$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name $(SWEEP) data_dir=$(DATA_DIR) $(ARGS)
 
+paper:  ## the paper's grid on one backbone, then its report: make paper MODEL=roberta_base [LAUNCHER=paper_slurm] [ARGS="task=rte,cb"]
+	$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name paper_$(MODEL) data_dir=$(DATA_DIR) \
+		$(if $(LAUNCHER),hydra/launcher=$(LAUNCHER)) $(ARGS); status=$$?; \
+	$(BIN)/python -m aotpt.report runs_dir=$(ROOT)/logs/multiruns/paper_$(MODEL) out_dir=reports/paper_$(MODEL) \
+		sweep=paper_$(MODEL) 'sweep_overrides="$(ARGS)"' data_dir=$(DATA_DIR) 'title=Paper protocol on $(MODEL)' \
+		"commands=['make paper MODEL=$(MODEL)$(if $(ARGS), ARGS=\"$(ARGS)\")']" && exit $$status
+
+search:  ## Optuna search (lr x rank x reparam for AoT), resumable: make search ARGS="task=rte search.n_trials=30"
+	$(BIN)/python -m aotpt.search data_dir=$(DATA_DIR) $(ARGS)
+
 export:  ## e.g. make export ARGS="run_dir=logs/runs/rte-minilm-aot/seed42 dtype=bf16"
 	$(BIN)/python -m aotpt.export $(ARGS)
 
@@ -42,8 +56,8 @@ serve:  ## e.g. make serve ARGS="artifacts=[a/table.safetensors,b/table.safetens
 submit:  ## leaderboard files, e.g. make submit RUNS="[logs/runs/a/seed42,logs/runs/b/seed42]"
 	$(BIN)/python -m aotpt.submit runs=$(RUNS) data_dir=$(DATA_DIR) $(ARGS)
 
-report:  ## GLUE/SuperGLUE scores (mean ± std over seeds) from run folders
-	$(BIN)/python -m aotpt.report runs_dir=logs/runs $(ARGS)
+report:  ## tables, figures and a page from run folders: make report RUNS=logs/multiruns/paper_minilm ARGS="out_dir=reports/x"
+	$(BIN)/python -m aotpt.report runs_dir=$(RUNS) data_dir=$(DATA_DIR) $(ARGS)
 
 bench:  ## training step time of AoT vs full fine-tuning on MiniLM (batch 32 x 128)
 	$(BIN)/python -m aotpt.bench $(ARGS)

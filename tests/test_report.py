@@ -1,63 +1,336 @@
-"""Benchmark scores computed from results.json files, not typed in."""
+"""Selection, benchmark scores and report files computed from results.json files with known numbers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from aotpt import report
 from aotpt.errors import ConfigError
-from aotpt.tasks import benchmark_tasks
+from aotpt.report.runs import read_runs
+from aotpt.report.select import select
+from conftest import FIXTURES, REPO
 
-AOT = {"name": "aot", "reparam": {"name": "kron", "rank": 16}}
+AOT = {"name": "aot", "reparam": {"name": "kron", "rank": 16, "dropout": 0.0}}
+LORA = {"name": "lora", "rank": 8, "alpha": 8.0, "dropout": 0.0, "targets": None}
+PTV2 = {"name": "ptuning_v2", "length": 20, "dropout": 0.1, "projection": False, "projection_hidden": 512}
+METRICS = {"rte": ("acc",), "mrpc": ("f1", "acc"), "cola": ("mcc",), "cb": ("acc", "macro_f1"), "copa": ("choice_acc",)}
+SIZES = {"minilm": 22_713_216, "roberta_base": 124_645_632}
 
 
-def fake_run(root, task, seed, best, status="completed", method=AOT):
-    folder = root / f"{task}-s{seed}"
-    folder.mkdir(parents=True)
-    config = {"task": {"name": task}, "model": {"name": "minilm"}, "method": method, "seed": seed}
-    result = {"status": status, "config": config, "best": {f"val/{k}": v for k, v in best.items()}}
+def fake_run(
+    root: Path,
+    task: str,
+    seed: int,
+    score: float,
+    *,
+    method: dict = AOT,
+    lr: float = 1e-3,
+    model: str = "minilm",
+    status: str = "completed",
+    identity: bool = True,
+    trainer: dict | None = None,
+    data: dict | None = None,
+    run_name: str | None = None,
+    params: int = 744_034,
+    wall: float = 60.0,
+    error: str | None = None,
+) -> Path:
+    """A results.json as aotpt.train writes it; every metric of the task equals `score` unless it is MRPC/CB."""
+    config = {
+        "run_name": run_name or f"{task}-{model}-{method['name']}",
+        "seed": seed,
+        "model": {"name": model},
+        "task": {"name": task},
+        "method": method,
+        "optim": {"lr": lr, "weight_decay": 0.01},
+        "trainer": {"max_epochs": 3, **(trainer or {})},
+        "data": {"max_length": 128, "limit_examples": None, **(data or {})},
+    }
+    settings = {k: config[k] for k in ("model", "task", "method", "optim", "trainer", "data", "seed")}
+    run_id = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    metrics = {m: score for m in METRICS[task]}
+    if task == "mrpc":
+        metrics = {"f1": score + 0.05, "acc": score - 0.05}
+    best = {"epoch": 1, **{f"val/{k}": v for k, v in metrics.items()}, "val/score": score, "val/score_best": score}
+    result = {
+        "status": status,
+        "error": error,
+        "config": config,
+        "trainable_params": params,
+        "total_params": SIZES[model] + params,
+        "trainable_pct_of_backbone": 100 * params / SIZES[model],
+        "epochs": [{"epoch": 0, "val/score": score - 0.1}, {"epoch": 1, "val/score": score}],
+        "best": best if status != "running" else {},
+        "wall_time_s": wall,
+    }
+    if identity:
+        result |= {"identity": settings, "run_id": run_id}
+    folder = root / f"{task}-{model}-{method['name']}" / f"seed{seed}" / f"lr{lr}-{run_id}"
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(result))
+    return folder
 
 
-def test_scores_are_means_over_metrics_seeds_and_tasks(tmp_path):
-    fake_run(tmp_path, "mrpc", 1, {"f1": 0.9, "acc": 0.8, "score": 0.85})
-    fake_run(tmp_path, "mrpc", 2, {"f1": 0.8, "acc": 0.7, "score": 0.75})
-    fake_run(tmp_path, "cola", 1, {"mcc": 0.5, "score": 0.5})
-    fake_run(tmp_path, "copa", 1, {"choice_acc": 0.6, "score": 0.6})
-    fake_run(tmp_path, "ax", 1, {"mcc": 0.3, "score": 0.3})  # a diagnostic: not in the GLUE score
-    fake_run(tmp_path, "rte", 3, {"acc": 0.1, "score": 0.1}, status="failed")  # ignored
-    fake_run(tmp_path, "rte", 4, {"acc": 0.9, "score": 0.9}, method={"name": "finetune"})
-    out = report.run(OmegaConf.create({"runs_dir": str(tmp_path), "out": None, "status": "completed"}))
-    aot = out["minilm aot/kron"]
-    mrpc = aot["tasks"]["mrpc"]
-    assert mrpc["score"]["mean"] == pytest.approx(0.8)
-    assert mrpc["score"]["std"] == pytest.approx(statistics.stdev([0.85, 0.75]))
-    assert mrpc["f1"]["mean"] == pytest.approx(0.85) and mrpc["score"]["n"] == 2
-    glue = aot["benchmarks"]["glue"]
-    assert glue["score"] == pytest.approx((0.8 + 0.5) / 2)  # mrpc, cola; not ax
-    assert glue["tasks"] == 2 and glue["of"] == len(benchmark_tasks("glue")) == 9
-    assert aot["benchmarks"]["superglue"]["score"] == pytest.approx(0.6)
-    assert "rte" not in aot["tasks"]
-    assert out["minilm finetune"]["tasks"]["rte"]["score"]["mean"] == pytest.approx(0.9)
-    assert json.loads((tmp_path / "report.json").read_text()) == json.loads(json.dumps(out))
-    text = report.table(out)
-    assert "mrpc" in text and "score  80.00 ±  7.07" in text and "glue score 65.00 over 2/9 tasks" in text
+def test_best_mean_config_wins_over_the_best_single_run_and_configs_are_never_pooled(tmp_path):
+    for seed, score in zip((1, 2, 3), (0.80, 0.60, 0.61), strict=True):  # best single run, worse mean
+        fake_run(tmp_path, "rte", seed, score, lr=1e-3)
+    for seed, score in zip((1, 2, 3), (0.70, 0.71, 0.69), strict=True):
+        fake_run(tmp_path, "rte", seed, score, lr=5e-3)
+    sel = select(read_runs(tmp_path))
+    cell = sel.cell("minilm", "aot/kron", "rte")
+    assert len(cell.configs) == 2 and cell.chosen.n == 3  # 3 seeds, not 6 runs of "one setup"
+    assert cell.chosen.settings["optim.lr"] == 5e-3
+    assert cell.chosen.stat() == pytest.approx((0.70, 0.01))
+    assert cell.varying == ["optim.lr"] and cell.shown(["optim.lr"]) == {"optim.lr": 5e-3}
+    assert cell.complete
+
+
+def test_benchmark_scores_from_the_selected_rows(tmp_path):
+    for seed in (1, 2):
+        fake_run(tmp_path, "mrpc", seed, 0.80 + 0.1 * (seed - 1))  # 0.8, 0.9
+        fake_run(tmp_path, "cola", seed, 0.50)
+        fake_run(tmp_path, "cola", seed, 0.10, lr=5e-3)  # a worse grid point: not in the score
+        fake_run(tmp_path, "copa", seed, 0.60)
+        fake_run(tmp_path, "rte", seed, 0.90, method=LORA)
+    sel = select(read_runs(tmp_path))
+    glue = sel.macro("minilm", "aot/kron", "glue")
+    assert glue.mean == pytest.approx((0.85 + 0.50) / 2)
+    assert glue.std == pytest.approx(math.sqrt(statistics.stdev([0.8, 0.9]) ** 2 + 0) / 2)
+    assert glue.tasks == ["cola", "mrpc"] and len(glue.missing) == 7 and not glue.complete
+    mrpc = sel.cell("minilm", "aot/kron", "mrpc").chosen
+    assert mrpc.stat("f1") == pytest.approx((0.90, statistics.stdev([0.85, 0.95])))
+    assert sel.macro("minilm", "aot/kron", "superglue").mean == pytest.approx(0.60)
+    assert sel.macro("minilm", "lora", "glue").mean == pytest.approx(0.90)
+    assert sel.setups == ["aot/kron", "lora"] and sel.tasks == ["cola", "mrpc", "rte", "copa"]
+
+
+def test_debug_shortened_unfinished_and_unidentified_runs_are_listed_not_used(tmp_path):
+    fake_run(tmp_path, "cb", 1, 0.70)
+    fake_run(tmp_path, "cb", 2, 0.99, run_name="debug-cb-minilm-aot")
+    fake_run(tmp_path, "cb", 3, 0.99, trainer={"limit_train_batches": 4})
+    fake_run(tmp_path, "cb", 4, 0.99, trainer={"max_steps": 10})
+    fake_run(tmp_path, "cb", 5, 0.99, trainer={"fast_dev_run": True})
+    fake_run(tmp_path, "cb", 6, 0.99, trainer={"overfit_batches": 2})
+    fake_run(tmp_path, "cb", 7, 0.99, data={"limit_examples": 16})
+    fake_run(tmp_path, "cb", 8, 0.99, trainer={"limit_val_batches": 1})  # one batch (an int), not all (1.0)
+    fake_run(tmp_path, "cb", 9, 0.70, trainer={"limit_val_batches": 1.0, "max_steps": -1, "fast_dev_run": False})
+    fake_run(tmp_path, "cb", 10, 0.10, status="failed", error="RuntimeError: CUDA out of memory\nmore")
+    fake_run(tmp_path, "cb", 11, 0.10, status="running")
+    fake_run(tmp_path, "cb", 12, 0.99, identity=False)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "results.json").write_text("{")
+    runs = read_runs(tmp_path)
+    states = {r.seed: (r.state, r.reason) for r in runs if r.seed}
+    assert [s for s, (state, _) in states.items() if state == "excluded"] == [2, 3, 4, 5, 6, 7, 8]
+    assert states[3][1] == "shortened: trainer.limit_train_batches=4"
+    assert states[7][1] == "shortened: data.limit_examples=16"
+    assert states[9][0] == "included" and states[1][0] == "included"
+    assert states[10] == ("failed", "RuntimeError: CUDA out of memory")
+    assert states[11][0] == "running" and states[12][0] == "unidentified"
+    assert [r.state for r in runs if r.path == "broken"] == ["unreadable"]
+    cell = select(runs).cell("minilm", "aot/kron", "cb")
+    assert cell.chosen.n == 1 and cell.chosen.stat()[0] == pytest.approx(0.70)  # seed 9 differs in trainer settings
+    assert [r.seed for r in cell.unfinished] == [10, 11] and "1 failed, 1 running run(s)" in cell.problems
+
+
+def test_incomplete_grids_are_marked_and_half_finished_configs_cannot_win(tmp_path):
+    for seed in (1, 2, 3):
+        fake_run(tmp_path, "rte", seed, 0.60)
+    fake_run(tmp_path, "rte", 1, 0.95, lr=5e-3)  # one lucky seed of another config
+    for seed in (1, 2, 3):
+        fake_run(tmp_path, "copa", seed, 0.55)
+    sel = select(read_runs(tmp_path))
+    rte = sel.cell("minilm", "aot/kron", "rte")
+    assert rte.chosen.settings["optim.lr"] == 1e-3 and rte.chosen.stat()[0] == pytest.approx(0.60)
+    assert rte.problems == ["1 of 2 configs have fewer than 3 seeds"] and not rte.complete
+    assert sel.cell("minilm", "aot/kron", "copa").complete
+    glue = sel.macro("minilm", "aot/kron", "glue")
+    assert glue.incomplete == ["rte"] and not glue.complete
+
+
+def test_registry_names_never_class_names(tmp_path):
+    fake_run(tmp_path, "rte", 1, 0.6, method=PTV2)
+    legacy = {"_target_": "aotpt.methods.ptuning_v2.PtuningV2Config", "length": 20}  # first results format
+    fake_run(tmp_path, "rte", 2, 0.6, method={**legacy, "name": "ptuning_v2"})
+    assert {r.setup for r in read_runs(tmp_path)} == {"ptuning_v2"}
+
+
+def _report(tmp_path: Path, **options) -> dict:
+    cfg = {"runs_dir": str(tmp_path / "runs"), "out_dir": str(tmp_path / "out"), **options}
+    return report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), cfg))
+
+
+def _grid(root: Path) -> None:
+    for model in ("minilm", "roberta_base"):
+        for seed in (1, 2, 3):
+            for i, task in enumerate(("rte", "mrpc", "cb")):
+                fake_run(root, task, seed, 0.6 + 0.01 * seed + 0.05 * i, model=model)
+                fake_run(root, task, seed, 0.5 + 0.01 * seed, model=model, method=LORA, params=100_000)
+                fake_run(root, task, seed, 0.5, model=model, method=LORA, lr=5e-3, params=100_000)
+
+
+def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_path, monkeypatch):
+    _grid(tmp_path / "runs")
+    fake_run(tmp_path / "runs", "rte", 4, 0.1, status="failed", error="ValueError: boom")
+    fake_run(tmp_path / "pilot", "rte", 1, 0.55, lr=1e-3)
+    fake_run(tmp_path / "pilot", "rte", 1, 0.65, lr=5e-3)
+    monkeypatch.chdir(tmp_path)
+    options = {"runs_dir": "runs", "pilot_dir": "pilot", "data_dir": str(FIXTURES), "commands": ["make study"]}
+    report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), {**options, "out_dir": "a"}))
+    report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), {**options, "out_dir": "b"}))
+    files = sorted(p.relative_to(tmp_path / "a").as_posix() for p in (tmp_path / "a").rglob("*") if p.is_file())
+    for name in ("report.md", "report.tex", "report.json", "tables/scores.csv", "tables/macro.csv"):
+        assert name in files
+    for name in ("tables/params.csv", "tables/runs.csv", "tables/pilot.csv", "tables/majority.csv"):
+        assert name in files
+    for figure in ("macro", "params", "backbones", "tasks_minilm", "tasks_roberta_base"):
+        assert f"figures/{figure}.png" in files and f"figures/{figure}.csv" in files
+        assert (tmp_path / "a" / "figures" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    for name in files:
+        if not name.endswith(".png"):
+            text = (tmp_path / "a" / name).read_text()
+            assert text == (tmp_path / "b" / name).read_text().replace("out_dir=b", "out_dir=a"), name
+            assert str(tmp_path) not in text and "/tmp" not in text, name
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert "| aot/kron |" in md and "**" in md and "Built from 54 of the 55 runs" in md
+    assert "1 failed" in md and "ValueError: boom" in md and "make study" in md
+    assert "majority class" in md and "## Pilot" in md and "![" in md
+    # check=true rebuilds in memory and names what would change; the discussion block is not generated
+    checked = {**options, "out_dir": "a", "check": True}
+    page = tmp_path / "a" / "report.md"
+    page.write_text(page.read_text().replace("<!-- discussion:end -->", "Hand-written.\n<!-- discussion:end -->"))
+    report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), checked))
+    (tmp_path / "a" / "figures" / "macro.csv").write_text("edited")
+    with pytest.raises(ConfigError, match=r"check=true: rebuilding the report changes a/figures/macro.csv;"):
+        report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), checked))
+    tex = (tmp_path / "a" / "report.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "ptuning" not in tex
+
+
+def test_discussion_block_survives_regeneration(tmp_path):
+    _grid(tmp_path / "runs")
+    _report(tmp_path, figure_formats=[])
+    page = tmp_path / "out" / "report.md"
+    text = page.read_text()
+    begin, end = "<!-- discussion:begin -->", "<!-- discussion:end -->"
+    assert begin in text and end in text
+    mine = "\nAoT wins on RTE; kron and fc differ by 0.3 points.\n"
+    page.write_text(text.split(begin)[0] + begin + mine + end + text.split(end)[1])
+    _report(tmp_path, figure_formats=[])
+    assert page.read_text() == text.split(begin)[0] + begin + mine + end + text.split(end)[1]
+
+
+def test_majority_class_row_from_dev_labels(tmp_path):
+    from aotpt.report.baseline import majority_scores
+
+    scores = majority_scores(["rte", "cola", "stsb", "copa"], FIXTURES)
+    assert 0.5 <= scores["rte"]["score"] <= 1 and scores["cola"]["score"] == 0.0  # MCC of a constant
+    assert "stsb" not in scores  # a constant has no correlation
+    assert 0 < scores["copa"]["score"] <= 1
 
 
 def test_empty_runs_dir_is_a_one_line_error(tmp_path):
+    (tmp_path / "runs").mkdir()
     with pytest.raises(ConfigError, match="no results.json"):
-        report.run(OmegaConf.create({"runs_dir": str(tmp_path), "out": None, "status": "completed"}))
+        _report(tmp_path)
 
 
-def test_cli(tmp_path):
-    fake_run(tmp_path, "cb", 1, {"acc": 0.9, "macro_f1": 0.7, "score": 0.8})
+def test_cli_prints_the_table_and_writes_the_report(tmp_path):
+    fake_run(tmp_path / "runs", "cb", 1, 0.8)
     proc = subprocess.run(
-        [sys.executable, "-m", "aotpt.report", f"runs_dir={tmp_path}"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "aotpt.report", f"runs_dir={tmp_path / 'runs'}", f"out_dir={tmp_path / 'out'}"]
+        + ["figure_formats=[]"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
-    assert "superglue score 80.00 over 1/8 tasks" in proc.stdout
+    assert "superglue 80.00 ± 0.00 over 1/8 tasks" in proc.stdout
+    assert (tmp_path / "out" / "report.md").is_file() and not list(tmp_path.glob("*.log"))
+
+
+# -- end to end: a real two-job multirun of the paper sweep (narrowed to a tiny model), then its report --------------
+
+NARROW = ["model=tiny_bert", "task=rte", "seed=1", "method=aot,bitfit", "reparam=kron", "optim.lr=0.001"]
+NARROW += ["++trainer.max_epochs=2", f"data_dir={FIXTURES}", "trainer=cpu", "logger=csv", "data.num_workers=0"]
+NARROW += ["data.batch_size=4"]
+
+
+def _needs_identity():
+    pytest.importorskip("aotpt.identity", reason="results.json names run identities once the run-lifecycle work lands")
+
+
+def _check_report(root: Path, out: Path) -> None:
+    cfg = {
+        "runs_dir": str(root / "logs" / "multiruns" / "paper_minilm"),
+        "out_dir": str(out),
+        "sweep": "paper_minilm",
+        "sweep_overrides": NARROW,
+        "data_dir": str(FIXTURES),
+        "figure_formats": ["png", "pdf"],
+    }
+    rep = report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), cfg))
+    assert [(c.setup, c.task, c.chosen.n) for c in rep.selection.cells] == [
+        ("aot/kron", "rte", 1),
+        ("bitfit", "rte", 1),
+    ]
+    md = (out / "report.md").read_text()
+    assert "Built from 2 of the 2 runs of the sweep `paper_minilm`" in md
+    for name in ("report.tex", "report.json", "tables/scores.csv", "tables/macro.csv", "tables/params.csv"):
+        assert (out / name).is_file(), name
+    for figure in ("macro", "params", "tasks_tiny_bert"):
+        for ext in ("png", "pdf", "csv"):
+            assert (out / "figures" / f"{figure}.{ext}").stat().st_size > 0
+
+
+def test_two_jobs_of_the_paper_sweep_in_process_then_the_report(tmp_path):
+    """The fast version: the sweep's jobs (as GridsSweeper expands them) run in-process, then the report."""
+    _needs_identity()
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict, read_write
+
+    from aotpt import train
+    from aotpt.cli import CONF_DIR
+    from aotpt.sweeps import SWEEPS_DIR, sweep_jobs
+
+    jobs = sweep_jobs("paper_minilm", NARROW)
+    assert len(jobs) == 2
+    for job in jobs:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(SWEEPS_DIR), version_base="1.3"):
+            overrides = [f"hydra.searchpath=[file://{CONF_DIR}]", *job, f"paths.root_dir={tmp_path}"]
+            cfg = compose("paper_minilm", overrides=overrides, return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().set_config(cfg)
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(Path(cfg.hydra.sweep.dir) / str(cfg.hydra.sweep.subdir))
+        HydraConfig.instance().set_config(cfg)
+        with read_write(cfg), open_dict(cfg):
+            del cfg["hydra"]
+        assert train.run(cfg)["status"] == "completed"
+    _check_report(tmp_path, tmp_path / "report")
+
+
+@pytest.mark.slow
+def test_two_job_hydra_multirun_of_the_paper_sweep_then_the_report(tmp_path):
+    """`python -m aotpt.train -m` through the grids sweeper and Hydra's launcher, then the report in every format."""
+    _needs_identity()
+    cmd = [sys.executable, "-m", "aotpt.train", "-m", "--config-dir", "sweeps", "--config-name", "paper_minilm"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [*cmd, *NARROW, f"paths.root_dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Launching 2 jobs locally" in proc.stdout + proc.stderr
+    _check_report(tmp_path, tmp_path / "report")

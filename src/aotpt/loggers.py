@@ -12,6 +12,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch import loggers as pl_loggers
 from lightning.pytorch.loggers import Logger
@@ -82,3 +83,35 @@ def build_loggers(cfg: DictConfig | None) -> list[Logger]:
                 logger = instantiate(conf, mode="offline")
         loggers.append(logger)
     return loggers
+
+
+class WandbSummary(L.Callback):
+    """Puts the dev results in the W&B run summary, where a workspace can sort, filter and compare runs.
+
+    After every epoch and at the end of fit: the best dev epoch's metrics as
+    `best/epoch`, `best/val/<metric>`, and the per-epoch dev table (as in
+    results.json) as the table `dev/epochs`. Reads them from the run's
+    `ResultsWriter`, so a resumed run's summary includes its earlier epochs.
+    Does nothing without a W&B logger.
+    """
+
+    def _update(self, trainer: L.Trainer) -> None:
+        import wandb
+
+        from aotpt.results import ResultsWriter
+
+        run = next((lg.experiment for lg in trainer.loggers if isinstance(lg, pl_loggers.WandbLogger)), None)
+        results = next((c for c in trainer.callbacks if isinstance(c, ResultsWriter)), None)
+        if run is None or results is None or not trainer.is_global_zero or not results.epochs:
+            return
+        best = results.best()
+        run.summary.update({"best/epoch": best.get("epoch"), **{f"best/{k}": v for k, v in best.items() if "/" in k}})
+        columns = ["epoch", *sorted({k for e in results.epochs for k in e if k.startswith("val/")})]
+        rows = [[e.get(c) for c in columns] for e in results.epochs]
+        run.log({"dev/epochs": wandb.Table(columns=columns, data=rows)})
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._update(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._update(trainer)

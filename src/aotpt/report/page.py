@@ -1,0 +1,185 @@
+"""The markdown page: everything generated from the runs, plus a discussion block kept across rebuilds.
+
+The page is rebuilt from the runs alone (no dates, no absolute paths, fixed
+order), so a committed page can be checked by rebuilding it. Only the text
+between the two discussion markers is written by hand; a rebuild copies it
+from the existing page.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections import Counter
+from pathlib import Path
+
+from aotpt.report.tables import (
+    chosen_rows,
+    chosen_text,
+    main_markdown,
+    md_table,
+    pct,
+    value,
+)
+from aotpt.tasks import TASKS
+
+BEGIN, END = "<!-- discussion:begin -->", "<!-- discussion:end -->"
+PLACEHOLDER = (
+    "\n_Written by hand: what the numbers say. `python -m aotpt.report` keeps this block "
+    "(between the two markers) when it rebuilds the page._\n"
+)
+REPO = Path(__file__).resolve().parents[3]
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as the page shows it: relative to the repository (or the working folder) when inside it."""
+    path = Path(path)
+    if not path.is_absolute():
+        return path.as_posix()
+    for base in (REPO, Path.cwd()):
+        try:
+            return path.resolve().relative_to(base.resolve()).as_posix()
+        except ValueError:
+            continue
+    return path.as_posix()
+
+
+def discussion(existing: str | None) -> str:
+    """The hand-written block of an existing page (markers included), or a placeholder."""
+    if existing and BEGIN in existing and END in existing.split(BEGIN, 1)[1]:
+        return BEGIN + existing.split(BEGIN, 1)[1].split(END, 1)[0] + END
+    return BEGIN + PLACEHOLDER + END
+
+
+def _provenance(report) -> str:
+    states = Counter(r.state for r in report.runs)
+    where = f"`{shown_path(report.runs_dir)}`"
+    if report.coverage:
+        c = report.coverage
+        text = f"Built from {c.done} of the {c.jobs} runs of the sweep `{c.sweep}` ({len(report.runs)} results found"
+        text += f" under {where})."
+    else:
+        text = f"Built from {states['included']} of the {len(report.runs)} runs found under {where}."
+    others = [f"{n} {state}" for state, n in sorted(states.items()) if state != "included"]
+    if others:
+        text += f" Not used: {', '.join(others)} (listed under [Runs not used](#runs-not-used))."
+    return text
+
+
+PROTOCOL = (
+    "Each cell is the configuration (grid point) with the best mean dev score over its seeds, every run at its "
+    "best dev epoch; shown as mean ± sample std over seeds, in %. Runs that differ in any setting but the seed are "
+    "never pooled. GLUE and SuperGLUE average the task scores of their tasks (AX, AX-b, AX-g excluded; std "
+    "combined as sqrt(Σσ²)/n). **Bold**: best setup per task; † incomplete grid (reasons under the table); "
+    "(k/n): a benchmark score over k of its n tasks. params %: trainable parameters as % of the backbone "
+    "(median over tasks: heads differ by label count)."
+)
+
+
+def _figures(report, page_dir: Path) -> str:
+    lines = []
+    for name in report.figures:
+        if name.endswith(".png"):
+            link = Path(os.path.relpath(report.out_dir / "figures" / name, page_dir)).as_posix()
+            lines.append(f"![{name[:-4]}]({link})")
+    return "\n\n".join(lines)
+
+
+def _chosen(report) -> str:
+    parts = []
+    for backbone in report.selection.backbones:
+        header = ["setup", "task", "chosen", "seeds", "configs", "dev score"]
+        parts += [f"### {backbone}\n", md_table(header, chosen_rows(report, backbone), right=3), ""]
+    return "\n".join(parts)
+
+
+def _params(report) -> str:
+    rows = []
+    for (backbone, setup), p in report.params.items():
+        mean_min = f"{p['wall_mean_s'] / 60:.1f}"
+        rows.append([backbone, setup, f"{p['trainable']:,}", f"{p['pct']:.2f}", str(p["runs"]), mean_min])
+        rows[-1].append(f"{p['wall_total_h']:.2f}")
+    header = ["backbone", "setup", "trainable params", "% of backbone", "runs", "min per run", "hours in all"]
+    return md_table(header, rows, right=2)
+
+
+def _pilot(report) -> str:
+    tasks = sorted({t for row in report.pilot for t in row.scores}, key=list(TASKS).index)
+    rows = []
+    for row in report.pilot:
+        cells = [f"{pct(row.scores[t])}" if t in row.scores else "" for t in tasks]
+        mark = "**picked**" if row.picked else ""
+        rows.append([row.backbone, row.setup, chosen_text(row.values), *cells, pct(row.mean), mark])
+    header = ["backbone", "setup", "config", *tasks, "mean", ""]
+    text = (
+        "A pilot grid, reported apart and never part of the selection above: per setup the configuration with the "
+        "best mean over the pilot's tasks is picked.\n\n"
+    )
+    return text + md_table(header, rows, right=3)
+
+
+def _not_used(report) -> str:
+    rows = [
+        [r.state, f"`{r.path}`", r.setup, r.task, value(r.seed), r.reason.replace("|", "\\|")]
+        for r in report.runs
+        if r.state != "included"
+    ]
+    return md_table(["state", "run", "setup", "task", "seed", "why"], rows, right=6) if rows else "None."
+
+
+def _all_runs(report) -> str:
+    sel = report.selection
+    rank = {(c.backbone, c.setup, c.task): i for i, c in enumerate(sel.cells)}
+    used = [r for r in report.runs if r.state == "included"]
+    rows = []
+    for r in sorted(used, key=lambda r: (rank[(r.backbone, r.setup, r.task)], r.settings_key, str(r.seed), r.path)):
+        cell = sel.cell(r.backbone, r.setup, r.task)
+        keys = [k for k in report.show if k in r.settings] + [k for k in cell.varying if k not in report.show]
+        wall = "" if r.wall_time_s is None else f"{r.wall_time_s / 60:.1f}"
+        best = f"{r.best_epoch + 1}/{r.epochs}" if r.best_epoch is not None else ""
+        config = chosen_text({k: r.settings.get(k) for k in keys})
+        rows.append([r.backbone, r.setup, r.task, config, value(r.seed), pct(r.score), best, wall])
+    header = ["backbone", "setup", "task", "config", "seed", "dev score", "best epoch", "minutes"]
+    return md_table(header, rows, right=4)
+
+
+def render(report, page: Path, existing: str | None) -> str:
+    """The whole page; `existing` is the current page, whose discussion block is kept."""
+    sections = [
+        "<!-- generated by `python -m aotpt.report` from the runs: edit only the discussion block -->",
+        f"# {report.title}",
+        _provenance(report),
+        PROTOCOL,
+        "## Results",
+        main_markdown(report).rstrip(),
+    ]
+    figures = _figures(report, page.parent)
+    if figures:
+        sections += ["## Figures", figures]
+    sections += ["## Discussion", discussion(existing), "## Chosen configurations", _chosen(report).rstrip()]
+    sections += ["## Trainable parameters and compute", _params(report)]
+    if report.pilot:
+        sections += ["## Pilot", _pilot(report)]
+    sections += ["## Runs not used", _not_used(report)]
+    sections += ["## Commands", "```bash\n" + "\n".join(report.commands) + "\n```"]
+    used = sum(r.state == "included" for r in report.runs)
+    sections += [
+        "## All runs",
+        f"<details><summary>The {used} runs of the selection (minutes: wall time per run)</summary>\n\n"
+        + _all_runs(report)
+        + "\n\n</details>",
+    ]
+    return "\n\n".join(sections) + "\n"
+
+
+def report_command(options: dict, defaults: dict) -> str:
+    """`python -m aotpt.report k=v ...` for the options that differ from conf/report.yaml, paths as shown."""
+    parts = ["python -m aotpt.report"]
+    for key, given in options.items():
+        if key in ("commands", "check") or given == defaults.get(key) or given in (None, [], ""):
+            continue
+        if key.endswith("_dir") or key == "page":
+            given = shown_path(given)
+        text = f"[{','.join(map(str, given))}]" if isinstance(given, list) else str(given)
+        parts.append(shlex.quote(f"{key}={text}"))
+    return " ".join(parts)

@@ -1,0 +1,1 @@
+"""Hydra sweeper plugin of aotpt: `override hydra/sweeper: grids` (see `aotpt.sweeps`)."""
