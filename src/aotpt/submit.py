@@ -32,7 +32,7 @@ from omegaconf import DictConfig
 
 from aotpt.atomic import write_json_atomic
 from aotpt.cli import CONF_DIR, entry, log, one_line_errors
-from aotpt.data.datamodule import TaskDataModule
+from aotpt.data.task_data import TaskData
 from aotpt.errors import AotptError, ConfigError
 from aotpt.model import load_run
 from aotpt.tasks import Example, TaskSpec, diagnostics_of, get_task
@@ -50,7 +50,7 @@ class Run:
         self.task = self.record.task
         self.device = device
 
-    def predict(self, spec: TaskSpec, datamodule: TaskDataModule, split: str) -> dict[str, torch.Tensor]:
+    def predict(self, spec: TaskSpec, datamodule: TaskData, split: str) -> dict[str, torch.Tensor]:
         """Every row's prediction (and group/score/labels where the split has them), sorted by row id.
 
         A diagnostic shares its model task's labels and head, so the run's own model predicts it.
@@ -100,7 +100,7 @@ def write_file(path: Path, spec: TaskSpec, recs: list) -> None:
 def submit_task(run: Run, task: str, cfg: DictConfig, out_dir: Path) -> dict:
     """Write `task`'s leaderboard files; for a diagnostic also return its metrics on the labelled copy."""
     spec = get_task(task)
-    datamodule = TaskDataModule(
+    datamodule = TaskData(
         task, run.tokenizer, data_dir=cfg.data_dir, max_length=run.record.max_length, eval_batch_size=cfg.batch_size
     )
     for split, name in zip(spec.test_splits, spec.submit_files, strict=True):
