@@ -54,6 +54,7 @@ def _keys_set_by(group: str) -> set[str]:
     return keys
 
 
+@pytest.mark.slow
 def test_every_task_method_reparam_composes_and_models_are_independent():
     """task x method x reparam for one model; every model once. Sound because the groups write disjoint keys."""
     groups = ("model", "task", "method", "reparam")

@@ -180,6 +180,7 @@ def _last_tensors(out: dict) -> dict[str, torch.Tensor]:
     return ckpt["state_dict"]
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_tensors_as_one_with_the_global_batch(train_cfg, tmp_path):
     """16 rows, global batch 4 (2 a process): no partial or padded batch; every dropout 0 (the backbone's too).
 

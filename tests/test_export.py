@@ -106,6 +106,7 @@ def test_cli_config_exports_a_trained_run(train_cfg, tmp_path):
     assert pred["task"] == "rte" and pred["label"] in ("entailment", "not_entailment")
 
 
+@pytest.mark.slow
 def test_cli_train_folder_feeds_the_export_cli(tmp_path):
     """The folder `aotpt.train` picks (it names the overrides) is accepted as is by `aotpt.export run_dir=`."""
     env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}

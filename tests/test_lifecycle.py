@@ -184,6 +184,7 @@ def _sweep(root: Path, seeds: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_relaunched_sweep_skips_finished_jobs_and_resumes_the_rest(tmp_path):
     assert _sweep(tmp_path, "1,2").returncode == 0
     job1, job2 = sorted((tmp_path / "logs" / "multiruns" / "train").glob("*/seed*"))

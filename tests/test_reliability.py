@@ -132,6 +132,7 @@ def _without_wall_time(epochs: list[dict]) -> list[dict]:
 _DELAYS = random.Random(7)
 
 
+@pytest.mark.slow
 def test_run_killed_mid_epoch_then_at_an_epoch_end_resumes_to_identical_tensors(tmp_path, uninterrupted):
     """Killed after the step-5 checkpoint, resumed mid-epoch; killed again after the epoch's end (step 8), resumed at
     the next epoch's start, the case that ran epoch 0's order again with worker processes; then to the end."""
