@@ -259,16 +259,17 @@ def test_serve_refuses_bad_settings_in_one_line(artifacts, tmp_path):
     GlobalHydra.instance().clear()
 
 
+@pytest.mark.slow
 def test_bench_server_suite_runs_a_tiny_load_test(tmp_path):
     """`python -m aotpt.bench suite=server`, shrunk: tiny BERT, the bare backbone and one setup, a few requests
-    in one round; it starts and stops real servers and writes its JSON (the real run is in the README)."""
+    in one round, two table tiers over the same tasks; it starts and stops real servers and writes its JSON (the real run is in the README)."""
     GlobalHydra.instance().clear()
     overrides = [
         "suite=server",
         "model=tiny_bert",
         "warmup=0",
         "steps=1",
-        "server.setups=[{mode: onthefly, tasks: 3}]",
+        "server.setups=[{mode: onthefly, tasks: 3}, {mode: device, tasks: 2}, {mode: host, tasks: 2}]",  # two tiers, one task set
         "server.popularity=[zipf]",
         "server.round_requests=8",
         "server.clients=4",
@@ -281,7 +282,7 @@ def test_bench_server_suite_runs_a_tiny_load_test(tmp_path):
     GlobalHydra.instance().clear()
     result = bench.run(cfg)
     rows = {(row["mode"], row["tasks"], row["popularity"]): row for row in result["rows"]}
-    assert set(rows) == {("bare", 2, "zipf"), ("onthefly", 3, "zipf")}  # bare: one head per kind of task
+    assert set(rows) == {("bare", 2, "zipf"), ("onthefly", 3, "zipf"), ("device", 2, "zipf"), ("host", 2, "zipf")}
     for row in rows.values():
         assert row["completed"] > 0 and row["failed"] == 0
         assert row["throughput_rps"] > 0 and 0 < row["p50_s"] <= row["p99_s"]

@@ -111,6 +111,8 @@ def _server_args(sc: DictConfig, cfg: DictConfig, mode: str, folder: Path) -> li
 def _folder(root: Path, source: Path, names: list[str]) -> Path:
     """A folder of links to the first tasks of `source`: what one server serves (`artifacts_dir`)."""
     folder = root / f"{source.name}-{len(names)}"
+    if folder.is_dir():  # another tier serves the same tasks (device, host and mmap with 8)
+        return folder
     folder.mkdir()
     for name in names:
         for suffix in (".safetensors", ".json"):
