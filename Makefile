@@ -9,7 +9,7 @@ LAUNCHER ?=
 RUNS ?= logs/runs
 ROOT := $${AOTPT_ROOT:-.}
 
-.PHONY: install test test-full test-gpu train sweep paper search export predict serve submit report bench bench-serving bench-server lint format clean
+.PHONY: install test test-slow test-full test-gpu train sweep paper search export predict serve submit report study study-background study-commit study-page bench bench-serving bench-server lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ install: $(BIN)/python  ## venv + CPU torch first (the plain wheel pulls CUDA), 
 
 test:  ## fast suite: unit tests + short MiniLM runs on real data (~minutes, CPU)
 	WANDB_MODE=disabled $(BIN)/pytest -m "not slow and not gpu" -q
+
+test-slow:  ## only the slow tests: longer real-data, multi-process (DDP, resume) and CLI runs (CI runs them)
+	WANDB_MODE=disabled $(BIN)/pytest -m "slow and not gpu" -q
 
 test-full:  ## everything except GPU tests, slow learning checks included
 	WANDB_MODE=disabled $(BIN)/pytest -m "not gpu" -q
@@ -58,6 +61,31 @@ submit:  ## leaderboard files, e.g. make submit RUNS="[logs/runs/a/seed42,logs/r
 
 report:  ## tables, figures and a page from run folders: make report RUNS=logs/multiruns/paper_minilm ARGS="out_dir=reports/x"
 	$(BIN)/python -m aotpt.report runs_dir=$(RUNS) data_dir=$(DATA_DIR) $(ARGS)
+
+STUDY := docs/results/minilm
+STUDY_SEEDS ?= 1 2 3
+STUDY_ARGS ?=
+
+study:  ## the MiniLM study (issue #15): the pilot, then the grid seed by seed; finished runs are skipped
+	$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name study_minilm_pilot data_dir=$(DATA_DIR)
+	for seed in $(STUDY_SEEDS); do \
+		$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name study_minilm data_dir=$(DATA_DIR) \
+			seed=$$seed $(STUDY_ARGS) || exit $$?; \
+	done
+
+study-background:  ## `make study` under nohup; every finished run's results.json is committed as it lands
+	nohup sh -c '$(MAKE) study STUDY_ARGS="$(STUDY_ARGS)"; touch $(STUDY)/.study-done' > $(STUDY)/study.log 2>&1 &
+	nohup sh -c 'until [ -e $(STUDY)/.study-done ]; do sleep 300; $(MAKE) study-commit; done; $(MAKE) study-commit; rm -f $(STUDY)/.study-done' \
+		> $(STUDY)/commit.log 2>&1 &
+
+study-commit:  ## commit the results.json of the study's completed runs that are not committed yet
+	@files=$$(grep -l '"status": "completed"' $$(find $(STUDY)/runs $(STUDY)/pilot -name results.json 2>/dev/null) /dev/null); \
+	new=$$(git ls-files --others --modified -- $$files); \
+	if [ -n "$$new" ]; then git add -- $$new && git commit -q -m "study: $$(echo $$new | wc -w) finished run(s)" -- $$new && echo "committed $$new"; fi
+
+study-page:  ## docs/results/minilm.md from the committed runs
+	$(BIN)/python -m aotpt.report runs_dir=$(STUDY)/runs out_dir=$(STUDY) page=$(STUDY).md sweep=study_minilm \
+		pilot_dir=$(STUDY)/pilot data_dir=$(DATA_DIR) 'title=AoT P-Tuning on MiniLM: the study' "commands=[make study]"
 
 bench:  ## training step time of AoT vs full fine-tuning on MiniLM (batch 32 x 128)
 	$(BIN)/python -m aotpt.bench $(ARGS)
