@@ -261,15 +261,16 @@ def test_serve_refuses_bad_settings_in_one_line(artifacts, tmp_path):
 
 @pytest.mark.slow
 def test_bench_server_suite_runs_a_tiny_load_test(tmp_path):
-    """`python -m aotpt.bench suite=server`, shrunk: tiny BERT, the bare backbone and one setup, a few requests
-    in one round, two table tiers over the same tasks; it starts and stops real servers and writes its JSON (the real run is in the README)."""
+    """`python -m aotpt.bench suite=server`, shrunk: tiny BERT, the bare backbone and three setups (rows on the
+    fly; two table tiers over the same tasks), a few requests in one round; it starts and stops real servers and
+    writes its JSON (the real run is in the README)."""
     GlobalHydra.instance().clear()
     overrides = [
         "suite=server",
         "model=tiny_bert",
         "warmup=0",
         "steps=1",
-        "server.setups=[{mode: onthefly, tasks: 3}, {mode: device, tasks: 2}, {mode: host, tasks: 2}]",  # two tiers, one task set
+        "server.setups=[{mode: onthefly, tasks: 3}, {mode: device, tasks: 2}, {mode: host, tasks: 2}]",
         "server.popularity=[zipf]",
         "server.round_requests=8",
         "server.clients=4",

@@ -34,6 +34,7 @@ from aotpt.data.readers import read_hub, read_local
 from aotpt.errors import ConfigError
 from aotpt.tasks import Example, get_task
 
+
 def limit_rows(examples: list[Example], limit: int | None) -> list[Example]:
     """The first `limit` rows, extended to the end of the last row's group so no question is cut."""
     if not limit or limit >= len(examples):
