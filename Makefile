@@ -78,14 +78,21 @@ study-background:  ## `make study` under nohup; every finished run's results.jso
 	nohup sh -c 'until [ -e $(STUDY)/.study-done ]; do sleep 300; $(MAKE) study-commit; done; $(MAKE) study-commit; rm -f $(STUDY)/.study-done' \
 		> $(STUDY)/commit.log 2>&1 &
 
-study-commit:  ## commit the results.json of the study's completed runs that are not committed yet
-	@files=$$(grep -l '"status": "completed"' $$(find $(STUDY)/runs $(STUDY)/pilot -name results.json 2>/dev/null) /dev/null); \
-	new=$$(git ls-files --others --modified -- $$files); \
-	if [ -n "$$new" ]; then git add -- $$new && git commit -q -m "study: $$(echo $$new | wc -w) finished run(s)" -- $$new && echo "committed $$new"; fi
+study-commit:  ## commit the study's newly completed runs (results.json only) with the page rebuilt from them
+	@done=$$(grep -l '"status": "completed"' $$(find $(STUDY)/runs $(STUDY)/pilot -name results.json 2>/dev/null) /dev/null); \
+	new=$$(git ls-files --others --modified -- $$done); \
+	if [ -n "$$new" ]; then \
+		git add -- $$new; \
+		if echo "$$done" | grep -q "^$(STUDY)/runs/"; then \
+			$(MAKE) --no-print-directory study-page > /dev/null && git add -- $(STUDY).md $(STUDY)/report.* $(STUDY)/tables $(STUDY)/figures; \
+		fi; \
+		git commit -q -m "study: $$(echo $$new | wc -w) finished run(s)" && echo "committed $$new"; \
+	fi
 
 study-page:  ## docs/results/minilm.md from the committed runs
 	$(BIN)/python -m aotpt.report runs_dir=$(STUDY)/runs out_dir=$(STUDY) page=$(STUDY).md sweep=study_minilm \
-		pilot_dir=$(STUDY)/pilot data_dir=$(DATA_DIR) 'title=AoT P-Tuning on MiniLM: the study' "commands=[make study]"
+		pilot_dir=$(STUDY)/pilot data_dir=$(DATA_DIR) 'title=AoT P-Tuning on MiniLM: the study' "commands=[make study]" \
+		completed_only=true
 
 bench:  ## training step time of AoT vs full fine-tuning on MiniLM (batch 32 x 128)
 	$(BIN)/python -m aotpt.bench $(ARGS)

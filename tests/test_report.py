@@ -143,6 +143,21 @@ def test_debug_shortened_unfinished_and_unidentified_runs_are_listed_not_used(tm
     assert [r.seed for r in cell.unfinished] == [10, 11] and "1 failed, 1 running run(s)" in cell.problems
 
 
+def test_completed_only_leaves_unfinished_runs_out_of_the_report(tmp_path):
+    """`completed_only=true` (the study's committed page): a run still going, killed or failed is not listed,
+    so the page built beside a running sweep equals the one built from the committed (completed) runs."""
+    fake_run(tmp_path / "runs", "cb", 1, 0.70)
+    fake_run(tmp_path / "runs", "cb", 2, 0.10, status="running")
+    fake_run(tmp_path / "runs", "cb", 3, 0.10, status="interrupted")
+    fake_run(tmp_path / "runs", "cb", 4, 0.10, status="failed", error="ValueError: boom")
+    assert sorted(r.state for r in _report(tmp_path / "all", runs_dir=str(tmp_path / "runs")).runs) == [
+        "failed", "included", "interrupted", "running"
+    ]  # fmt: skip
+    only = _report(tmp_path / "only", runs_dir=str(tmp_path / "runs"), completed_only=True)
+    assert [(r.seed, r.state) for r in only.runs] == [(1, "included")]
+    assert "Not used" not in (tmp_path / "only" / "out" / "report.md").read_text().split("## Results")[0]
+
+
 def test_incomplete_grids_are_marked_and_half_finished_configs_cannot_win(tmp_path):
     for seed in (1, 2, 3):
         fake_run(tmp_path, "rte", seed, 0.60)

@@ -43,6 +43,7 @@ def page_cfg(check: bool):
             "data_dir": "../shared/data",
             "title": "AoT P-Tuning on MiniLM: the study",
             "commands": ["make study"],
+            "completed_only": True,
             "check": check,
         }
     )

@@ -27,6 +27,8 @@ from aotpt.report.runs import Run, read_runs
 from aotpt.report.select import PilotRow, Selection, pilot_rows, select
 from aotpt.sweeps import load_sweep
 
+UNFINISHED = ("running", "interrupted", "failed")  # states `completed_only=true` leaves out
+
 
 @dataclass
 class Report:
@@ -73,6 +75,8 @@ def build(cfg: DictConfig) -> Report:
     if not runs_dir.is_dir():
         raise ConfigError(f"runs_dir={runs_dir} is not a folder")
     runs = read_runs(runs_dir)
+    if cfg.get("completed_only"):
+        runs = [r for r in runs if r.state not in UNFINISHED]
     coverage = None
     if cfg.get("sweep"):
         given = cfg.get("sweep_overrides") or []
