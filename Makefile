@@ -80,7 +80,7 @@ study-background:  ## `make study` under nohup; every finished run's results.jso
 
 study-commit:  ## commit the study's newly completed runs (results.json only) with the page rebuilt from them
 	@done=$$(grep -l '"status": "completed"' $$(find $(STUDY)/runs $(STUDY)/pilot -name results.json 2>/dev/null) /dev/null); \
-	new=$$(git ls-files --others --modified -- $$done); \
+	new=$$([ -z "$$done" ] || git ls-files --others --exclude-standard --modified -- $$done); \
 	if [ -n "$$new" ]; then \
 		git add -- $$new; \
 		if echo "$$done" | grep -q "^$(STUDY)/runs/"; then \
