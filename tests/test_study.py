@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from aotpt.report import build
+from aotpt.report.build import run as build_report
 from aotpt.report.coverage import cover
 from aotpt.report.runs import read_runs
 from aotpt.sweeps import load_sweep
@@ -84,7 +84,7 @@ def test_the_page_is_rebuilt_exactly_from_the_committed_runs(monkeypatch):
     if not DATA_DIR.is_dir():
         pytest.skip("../shared/data is not beside the checkout (the majority-class row reads its dev labels)")
     monkeypatch.chdir(ROOT)
-    report = build.run(page_cfg(check=True))  # raises ConfigError naming every file a rebuild would change
+    report = build_report(page_cfg(check=True))  # raises ConfigError naming every file a rebuild would change
     text = PAGE.read_text()
     assert f"Built from {len(committed('runs'))} of the 168 runs of the sweep `study_minilm`" in text
     assert report.coverage.done == len(committed("runs"))
