@@ -240,3 +240,26 @@ def test_inference_suite_runs_on_cuda_in_half_precision(tmp_path):
     assert result["device"] == "cuda" and all(row["throughput"] > 0 for row in result["rows"])
     assert result["compile"]["aot_compiled"]["graph_breaks"] == 0
     assert all(row["distinct_outputs"] for row in result["rows"] if row["tasks"] > 1)
+
+
+def test_a_random_backbone_from_a_model_type_never_asks_the_hub(monkeypatch):
+    """`suite=serving` and `weights=random` build e.g. a RoBERTa-base-shaped backbone from its architecture alone:
+    with the network down (HF_HUB_OFFLINE unset, the probe failing) it must still build, not ask for 'random-init'."""
+    from aotpt import hub
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(hub, "probe", no_network)
+    tiny = {
+        "model_type": "roberta",
+        "vocab_size": 100,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 40,
+        "pad_token_id": 1,
+    }
+    model = load_backbone("random-init", tiny, seed=0)
+    assert model.config.model_type == "roberta" and model.config.num_hidden_layers == 2

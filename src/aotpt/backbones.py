@@ -155,10 +155,10 @@ def load_backbone(pretrained: str, random_init: dict | None = None, seed: int | 
     """
     path = resolve_pretrained(pretrained)
     try:
-        _check_hub(path)
         if random_init is None:
+            _check_hub(path)
             model = AutoModel.from_pretrained(path)
-        else:
+        else:  # load_config asks the hub only when random_init names no model_type
             with torch.random.fork_rng(enabled=seed is not None):
                 if seed is not None:
                     torch.manual_seed(seed)
