@@ -6,8 +6,11 @@ import copy
 from pathlib import Path
 
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from aotpt.backbones import load_tokenizer, tokenizer_fingerprint
+from aotpt.cli import CONF_DIR
 from aotpt.methods import method_config, options_of
 from aotpt.model import TaskModel, build_model, save_trained
 from aotpt.record import RunMeta
@@ -84,3 +87,12 @@ def plain_backbone(tm: TaskModel):
 def batch(tokenizer, texts):
     features = [tokenizer(a, b, truncation="longest_first", max_length=64) for a, b in texts]
     return tokenizer.pad(features, return_tensors="pt")
+
+
+def bench_cfg(*overrides: str):
+    """conf/bench.yaml composed with `overrides`, as `python -m aotpt.bench` would (Hydra left clear)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg

@@ -9,8 +9,6 @@ import statistics
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 from transformers import AutoConfig
 
@@ -24,18 +22,11 @@ from aotpt.methods.aot.hooks import AotHooks
 from aotpt.methods.lora import LoraConfig
 from aotpt.serving import build_source
 from conftest import model_conf
-
-
-def _compose(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return cfg
+from helpers import bench_cfg
 
 
 def test_train_step_bench_reports_ratios(tmp_path, capsys):
-    cfg = _compose("model=tiny_bert", "batch_size=2", "seq_len=8", "warmup=1", "steps=1")
+    cfg = bench_cfg("model=tiny_bert", "batch_size=2", "seq_len=8", "warmup=1", "steps=1")
     with open_dict(cfg):
         cfg.output_dir = str(tmp_path)
     result = bench.run(cfg)
@@ -67,7 +58,7 @@ TINY_INFERENCE = [
 def inference(tmp_path_factory):
     """One run of the whole inference suite on tiny BERT: (result, output folder)."""
     out = tmp_path_factory.mktemp("bench")
-    cfg = _compose(*TINY_INFERENCE)
+    cfg = bench_cfg(*TINY_INFERENCE)
     with open_dict(cfg):
         cfg.output_dir = str(out)
     return bench.run(cfg), out
@@ -192,7 +183,7 @@ ARCHITECTURE_KEYS = {
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")))
 def test_every_model_config_carries_its_architecture(name):
     """Random weights of any model= need no hub: the architecture block is a complete config."""
-    arch = OmegaConf.to_container(_compose(f"model={name}").model.architecture, resolve=True)
+    arch = OmegaConf.to_container(bench_cfg(f"model={name}").model.architecture, resolve=True)
     assert ARCHITECTURE_KEYS <= set(arch)
     overrides = dict(arch)
     config = AutoConfig.for_model(overrides.pop("model_type"), **overrides)
@@ -221,7 +212,7 @@ def test_analytic_costs_per_token():
 
 
 def test_default_inference_grid_is_cpu_sized_and_full_is_the_gpu_preset():
-    default, full = _compose("suite=inference").inference, _compose("suite=inference", "inference=full").inference
+    default, full = bench_cfg("suite=inference").inference, bench_cfg("suite=inference", "inference=full").inference
     assert default.rounds >= 20 and full.rounds >= 20
     assert default.dtype == "fp32" and full.dtype in ("fp16", "bf16")
     assert len(full.batch_sizes) * len(full.seq_lens) > len(default.batch_sizes) * len(default.seq_lens)
@@ -233,7 +224,7 @@ def test_default_inference_grid_is_cpu_sized_and_full_is_the_gpu_preset():
 def test_inference_suite_runs_on_cuda_in_half_precision(tmp_path):
     """make test-gpu: fp16 backbone and tables, pinned host table, CUDA events, inductor on the device."""
     overrides = [o for o in TINY_INFERENCE if not o.startswith("inference.compile")]
-    cfg = _compose(*overrides, "device=cuda", "inference.dtype=fp16", "inference.compile.backend=inductor")
+    cfg = bench_cfg(*overrides, "device=cuda", "inference.dtype=fp16", "inference.compile.backend=inductor")
     with open_dict(cfg):
         cfg.output_dir = str(tmp_path)
     result = bench.run(cfg)

@@ -11,13 +11,10 @@ import copy
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import open_dict
 
 from aotpt import bench
 from aotpt.backbones import load_backbone, load_tokenizer
-from aotpt.cli import CONF_DIR
 from aotpt.export import export
 from aotpt.methods import METHODS
 from aotpt.methods.aot.artifact import Artifact
@@ -25,7 +22,7 @@ from aotpt.methods.ptuning_v2 import PtuningV2Config, attach
 from aotpt.model import build_model
 from aotpt.serving import MultiTaskPredictor
 from conftest import TINY_MODELS, model_conf
-from helpers import TEXTS, batch, make_run, plain_backbone
+from helpers import TEXTS, batch, bench_cfg, make_run, plain_backbone
 
 DEVICES = [
     "cpu",
@@ -115,10 +112,7 @@ def test_ptuning_v2_prefix_attention_matches_eager(device, attn):
 
 
 def _bench_cfg(device: str, tmp_path, *overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=["model=tiny_bert", f"device={device}", *overrides])
-    GlobalHydra.instance().clear()
+    cfg = bench_cfg("model=tiny_bert", f"device={device}", *overrides)
     with open_dict(cfg):
         cfg.output_dir = str(tmp_path)
     return cfg

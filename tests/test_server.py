@@ -29,7 +29,7 @@ from aotpt.serving.launch import ServerProcess
 from aotpt.serving.registry import Registry
 from aotpt.serving.server import AotAPI, RequestGate, ServeSettings
 from conftest import model_conf
-from helpers import make_run
+from helpers import bench_cfg, make_run
 
 LONG = "word " * 400  # far beyond the 128 tokens the tasks were trained with
 REQUESTS = [
@@ -264,7 +264,6 @@ def test_bench_server_suite_runs_a_tiny_load_test(tmp_path):
     """`python -m aotpt.bench suite=server`, shrunk: tiny BERT, the bare backbone and three setups (rows on the
     fly; two table tiers over the same tasks), a few requests in one round; it starts and stops real servers and
     writes its JSON (the real run is in the README)."""
-    GlobalHydra.instance().clear()
     overrides = [
         "suite=server",
         "model=tiny_bert",
@@ -278,10 +277,7 @@ def test_bench_server_suite_runs_a_tiny_load_test(tmp_path):
         "server.threads=1",
         f"output_dir={tmp_path}",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=overrides)
-    GlobalHydra.instance().clear()
-    result = bench.run(cfg)
+    result = bench.run(bench_cfg(*overrides))
     rows = {(row["mode"], row["tasks"], row["popularity"]): row for row in result["rows"]}
     assert set(rows) == {("bare", 2, "zipf"), ("onthefly", 3, "zipf"), ("device", 2, "zipf"), ("host", 2, "zipf")}
     for row in rows.values():

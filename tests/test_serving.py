@@ -7,12 +7,9 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from aotpt import bench
 from aotpt.backbones import load_backbone, load_tokenizer
-from aotpt.cli import CONF_DIR
 from aotpt.errors import AotptError
 from aotpt.export import export
 from aotpt.methods import aot
@@ -23,7 +20,7 @@ from aotpt.record import read_run
 from aotpt.serving import MultiTaskPredictor
 from aotpt.serving.cache import RowCache
 from conftest import REPO, model_conf
-from helpers import TEXTS, batch, make_run, plain_backbone
+from helpers import TEXTS, batch, bench_cfg, make_run, plain_backbone
 
 # three tasks of different heads: 2 labels (kron), 3 labels (fc), regression (kron)
 TASKS = (("rte", "kron", 1), ("cb", "fc", 2), ("stsb", "kron", 3))
@@ -169,7 +166,6 @@ def test_bad_combinations_are_refused(three_tasks, tmp_path):
 
 def test_bench_serving_suite_runs_on_a_tiny_backbone(tmp_path):
     """`python -m aotpt.bench suite=serving` end to end, shrunk to a tiny backbone (the real run is in the README)."""
-    GlobalHydra.instance().clear()
     tiny = {k: v for k, v in model_conf("tiny_bert")["random_init"].items() if k != "vocab_size"}
     overrides = [f"serving.backbone.{k}={v}" for k, v in tiny.items()] + ["serving.backbone.vocab_size=500"]
     overrides += [
@@ -180,9 +176,7 @@ def test_bench_serving_suite_runs_on_a_tiny_backbone(tmp_path):
         "serving.seq_len=8",
         f"output_dir={tmp_path}",
     ]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=overrides)
-    result = bench.run(cfg)
+    result = bench.run(bench_cfg(*overrides))
     assert set(result["modes"]) == {"bare", "device", "host", "onthefly"}
     table = (2 * 500 + 1) * 2 * 32 * 2  # (tasks x |V| + the zero row for padding) x L*d x fp16
     assert result["modes"]["device"]["device_table"] == result["modes"]["host"]["host_table"] == table
