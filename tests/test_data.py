@@ -256,6 +256,25 @@ def test_datamodule_batches(tokenizer):
     assert "labels" not in next(iter(test))
 
 
+def test_group_by_length_orders_the_train_rows_by_their_token_counts(tokenizer):
+    def loader(group: bool):
+        dm = TaskDataModule("rte", tokenizer, data_dir=str(FIXTURES), batch_size=2, group_by_length=group)
+        dm.setup("fit")
+        return dm, dm.train_dataloader()
+
+    (dm, plain), (_, grouped) = loader(False), loader(True)
+    assert plain.sampler.lengths is None
+    assert (
+        grouped.sampler.lengths
+        == [len(ids) for ids in dm.dataset("train")["input_ids"]]
+        != [grouped.sampler.lengths[0]] * 16
+    )
+    assert grouped.sampler.batch_size == 2
+    positions = {idx: pos for pos, idx in enumerate(dm.dataset("train")["idx"])}
+    trained = [positions[i] for b in grouped for i in b["idx"].tolist()]
+    assert trained == grouped.sampler.order() != [positions[i] for b in plain for i in b["idx"].tolist()]
+
+
 def test_datamodule_regression_and_single_sentence(tokenizer):
     stsb = TaskDataModule("stsb", tokenizer, data_dir=str(FIXTURES), batch_size=4)
     assert next(iter(stsb.train_dataloader()))["labels"].dtype == torch.float32

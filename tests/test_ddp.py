@@ -30,7 +30,7 @@ from aotpt.data.readers import read_local
 from aotpt.methods import METHODS
 from aotpt.module import TaskModule
 from aotpt.results import ResultsWriter
-from aotpt.resume import ResumableSampler
+from aotpt.resume import ResumableSampler, derive_seed
 from aotpt.tasks import get_task
 from conftest import FIXTURES, model_conf
 
@@ -95,6 +95,43 @@ def test_sampler_shards_are_disjoint_cover_the_epoch_and_interleave_the_one_proc
     assert list(one) != (one.set_epoch(1) or list(one))  # every epoch its own order
     one.start = 5
     assert list(one) == one.order()[5:size] and list(one) == one.order()[:size]  # `start` skips once
+
+
+def _padded_tokens(order: list[int], lengths: list[int], batch: int) -> int:
+    return sum(
+        max(lengths[i] for i in order[k : k + batch]) * len(order[k : k + batch]) for k in range(0, len(order), batch)
+    )
+
+
+def test_length_grouped_order_is_a_seeded_permutation_that_pads_less_and_shards_like_one_process():
+    size, batch = 203, 8
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(4, 129, (size,), generator=generator).tolist()
+    plain = ResumableSampler(size, seed=3)
+    assert (
+        plain.order()
+        == torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed(3, "order", 0))).tolist()
+    )
+    orders = []
+    for epoch in (0, 1):
+        grouped = ResumableSampler(size, seed=3, lengths=lengths, batch_size=batch)
+        again = ResumableSampler(size, seed=3, lengths=lengths, batch_size=batch)
+        plain.set_epoch(epoch), grouped.set_epoch(epoch), again.set_epoch(epoch)
+        order = grouped.order()
+        assert sorted(order) == list(range(size)) and order == again.order() == list(grouped)  # (seed, epoch) alone
+        # far less padding than the shuffled order of the same epoch: batches of rows of similar length
+        assert _padded_tokens(order, lengths, batch) < 0.75 * _padded_tokens(plain.order(), lengths, batch)
+        assert lengths[order[0]] == max(lengths)  # the longest row first, as transformers does (OOM early)
+        orders.append(order)
+        # two processes of batch 4 train on the rows of the one-process batches of 8
+        shards = [ResumableSampler(size, 3, num_replicas=2, rank=r, lengths=lengths, batch_size=4) for r in (0, 1)]
+        for shard in shards:
+            shard.set_epoch(epoch)
+        assert [list(s) for s in shards] == [shards[0].order()[r::2] for r in (0, 1)]
+        assert shards[0].order()[:size] == order
+    assert orders[0] != orders[1]
+    with pytest.raises(ValueError, match="lengths has 3 entries for 4 rows"):
+        ResumableSampler(4, seed=3, lengths=[1, 2, 3])
 
 
 def test_lightning_wrapper_forwards_set_epoch_but_reshuffles_hence_our_sampler_shards_itself():

@@ -72,10 +72,19 @@ def test_data_enters_by_content_not_path(tmp_path):
     "override",
     ["trainer.precision=bf16-mixed", "trainer.devices=2", "data.max_length=64", "seed=1",
      "optim.lr=5e-3", "method.reparam.rank=8", "model.random_init.hidden_size=64", "data.eval_batch_size=8",
-     "trainer.max_epochs=3", "+trainer.max_steps=5", "callbacks.model_checkpoint.monitor=val/loss"],
+     "trainer.max_epochs=3", "+trainer.max_steps=5", "callbacks.model_checkpoint.monitor=val/loss",
+     "data.group_by_length=true"],
 )  # fmt: skip
 def test_every_setting_that_can_change_results_changes_the_folder(override):
     assert run_dir(override) != default_dir()
+
+
+def test_a_setting_added_later_keeps_earlier_runs_folders_at_its_old_behaviour():
+    """Runs recorded before `data.group_by_length` existed had no such key: they keep their folder (a re-launched
+    sweep finds them finished) when the setting is at the value that reproduces them (ident_mod.LATER_DEFAULTS)."""
+    assert run_dir("~data.group_by_length") == run_dir("data.group_by_length=false") == default_dir()
+    assert run_dir("data.group_by_length=true") != default_dir()
+    assert set(ident_mod.LATER_DEFAULTS) == {"data.group_by_length"}
 
 
 def test_a_gpu_run_and_a_cpu_run_never_share_a_folder(monkeypatch):

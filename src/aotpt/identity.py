@@ -21,6 +21,9 @@ each other's stored result — exactly when their identities are equal.
     group_id       the run id of the identity minus its seed: the runs that
                    are seeds of one setup (what reports average over).
 
+Settings added later (`LATER_DEFAULTS`) count only away from the value
+that reproduces the runs recorded before them.
+
 Everything not listed in `NEUTRAL` counts, so a new setting (a new config
 group, a callback a user adds) separates runs unless declared neutral here.
 Defaults written explicitly (`reparam=kron`) or left out give the same
@@ -70,6 +73,12 @@ NEUTRAL = (
     "callbacks.model_checkpoint.save_on_train_epoch_end",
     "callbacks.model_checkpoint.verbose",
 )
+# Settings added after runs were recorded, with the value that reproduces those runs: at that
+# value a setting is left out of the identity, so a finished run keeps its folder and its
+# stored result after an upgrade (a re-launched sweep skips it) instead of training again.
+LATER_DEFAULTS = {
+    "data.group_by_length": False,
+}
 PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true", "half": "16-true"}
 _FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: a sweep hashes each file once
 
@@ -80,6 +89,9 @@ def identity(cfg: DictConfig) -> dict:
     for key in NEUTRAL:
         _drop(tree, key.split("."))
     resolved = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
+    for key, value in LATER_DEFAULTS.items():
+        if _get(resolved, key.split(".")) == value:
+            _drop(resolved, key.split("."))
     resolved["data"] = {**resolved.get("data", {}), "source": data_fingerprint(cfg.task.name, cfg.get("data_dir"))}
     model = resolved.get("model", {})
     if model.get("pretrained") and Path(model["pretrained"]).is_dir():
@@ -91,6 +103,18 @@ def identity(cfg: DictConfig) -> dict:
         precision = str(trainer.get("precision", "32-true"))
         trainer["precision"] = PRECISION_ALIASES.get(precision, precision)
     return json.loads(json.dumps(resolved, default=str))  # as results.json stores it, so the two compare equal
+
+
+def _get(tree: dict, keys: list[str]):
+    node = tree
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return _ABSENT
+        node = node[key]
+    return node
+
+
+_ABSENT = object()
 
 
 def _drop(tree: dict, keys: list[str]) -> None:

@@ -41,7 +41,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -50,6 +50,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, DistributedSampler
+from transformers.trainer_pt_utils import get_length_grouped_indices
 
 from aotpt.atomic import atomic_open
 from aotpt.cli import log
@@ -117,17 +118,40 @@ class ResumableSampler(DistributedSampler):
     Like DistributedSampler, the order is padded with its own first rows to a
     multiple of the world size, so every rank gets `num_samples` rows. `start`
     skips that many of this rank's rows once (set by `ResumableLoader`).
+
+    With `lengths` (the rows' token counts; `data.group_by_length=true`) the
+    permutation is grouped by length as the Hugging Face Trainer's
+    `group_by_length` does (`transformers.trainer_pt_utils.get_length_grouped_indices`):
+    mega-batches of up to 50 global batches (`batch_size` x world rows) sorted
+    longest first, so a batch pads to little more than its own rows' lengths.
+    The order is still a function of (seed, e) alone, so resume stays exact.
     """
 
-    def __init__(self, size: int, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+    ) -> None:
         super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        if lengths is not None and len(lengths) != size:
+            raise ValueError(f"lengths has {len(lengths)} entries for {size} rows")
         self.size = size
+        self.lengths = None if lengths is None else list(lengths)
+        self.batch_size = batch_size
         self.start = 0
 
     def order(self) -> list[int]:
         """Every rank's rows of this epoch, before sharding (padded to total_size)."""
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "order", self.epoch))
-        order = torch.randperm(self.size, generator=generator).tolist()
+        if self.lengths is None or self.size == 0:
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            global_batch = self.batch_size * self.num_replicas
+            order = get_length_grouped_indices(self.lengths, global_batch, generator=generator)
         pad = self.total_size - self.size
         return order + (order * math.ceil(pad / max(self.size, 1)))[:pad]
 

@@ -58,6 +58,7 @@ def _datamodule(cfg: DictConfig, tokenizer) -> TaskDataModule:
         cache_dir=cfg.paths.cache_dir,
         limit_examples=cfg.data.limit_examples,
         seed=cfg.seed,
+        group_by_length=cfg.data.get("group_by_length", False),
     )
     datamodule.setup("fit")
     return datamodule

@@ -17,7 +17,15 @@ __all__ = ["TaskDataModule", "limit_rows"]
 
 
 class TaskDataModule(TaskData, L.LightningDataModule):
-    """Loaders for one task's train split, its eval splits (`spec.eval_splits`) and test splits (see `TaskData`)."""
+    """Loaders for one task's train split, its eval splits (`spec.eval_splits`) and test splits (see `TaskData`).
+
+    group_by_length: train batches of rows of similar length (`ResumableSampler`), so
+    they pad less; off by default (the batches, hence the numbers, differ).
+    """
+
+    def __init__(self, *args, group_by_length: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.group_by_length = group_by_length
 
     def train_dataloader(self) -> ResumableLoader:
         """Shuffled train batches, resumable mid-epoch; under DDP this process's shard (see aotpt.resume)."""
@@ -26,7 +34,14 @@ class TaskDataModule(TaskData, L.LightningDataModule):
         return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=ResumableSampler(len(dataset), self.seed, num_replicas=world, rank=rank),
+            sampler=ResumableSampler(
+                len(dataset),
+                self.seed,
+                num_replicas=world,
+                rank=rank,
+                lengths=[len(ids) for ids in dataset["input_ids"]] if self.group_by_length else None,
+                batch_size=self.batch_size,
+            ),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self.collator,
