@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -17,7 +18,9 @@ from omegaconf import OmegaConf
 from aotpt import train
 from aotpt.cli import CONF_DIR, GROUPS
 from aotpt.methods import METHODS, REPARAMS, method_config, setup_name
-from aotpt.sweeps import SWEEPS_DIR, grid_jobs, sweep_jobs
+from aotpt.report.coverage import cover
+from aotpt.report.runs import Run
+from aotpt.sweeps import SWEEPS_DIR, grid_jobs, load_sweep, sweep_jobs
 from aotpt.tasks import benchmark_tasks
 from conftest import FIXTURES, REPO
 
@@ -207,3 +210,33 @@ def test_launcher_presets_compose_with_the_paper_sweeps(launcher):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install -e .[slurm]")
     (cfg,) = _compose_jobs("paper_deberta_xl", [[f"hydra/launcher={launcher}"]])
     assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.gpus_per_node == 1
+
+
+def test_a_run_matches_a_job_only_with_the_settings_the_sweep_file_fixes(tmp_path):
+    """`data.group_by_length: true` in a sweep's body is part of every job: a run without it is no job of the
+    sweep (the report excludes it, the study's test fails on it); a run recorded before the setting existed
+    reads as `false` (identity.LATER_DEFAULTS)."""
+    (tmp_path / "mini.yaml").write_text(
+        "defaults:\n  - train\n  - _self_\n"
+        "data:\n  max_length: 64\n  group_by_length: true\n"
+        "hydra:\n  sweeper:\n    params:\n      task: rte\n      method: lora\n      seed: 1,2\n"
+    )
+    sweep = load_sweep("mini", sweeps_dir=tmp_path)
+    assert sweep.fixed == {"data.max_length": 64, "data.group_by_length": True}
+
+    def run(seed: int, **data) -> Run:
+        config = {"task": {"name": "rte"}, "method": {"name": "lora"}, "seed": seed, "data": data}
+        return Run(path=f"r{seed}{data}", state="included", task="rte", seed=seed, config=config)
+
+    runs, coverage = cover(
+        [
+            run(1, max_length=64, group_by_length=True),
+            run(2, max_length=64),
+            run(2, max_length=128, group_by_length=True),
+        ],
+        sweep,
+    )
+    assert [r.state for r in runs] == ["included", "excluded", "excluded"]
+    assert coverage.done == 1 and coverage.jobs == 2
+    plain = dataclasses.replace(sweep, fixed={"data.group_by_length": False})
+    assert [r.state for r in cover([run(1, max_length=64), run(2, max_length=64)], plain)[0]] == ["included"] * 2

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from aotpt.errors import ConfigError
 
@@ -99,11 +100,29 @@ def grid_jobs(
 
 @dataclass(frozen=True)
 class Sweep:
-    """A sweep file's jobs and the group choices its jobs start from (model, task, method, reparam names)."""
+    """A sweep file's jobs, the group choices its jobs start from (model, task, method, reparam names), and the
+    settings its file fixes for every job (`fixed`: dotted key -> value, e.g. `data.max_length: 128`)."""
 
     name: str
     jobs: list[list[str]]
     defaults: dict[str, str | None]
+    fixed: dict[str, object] = field(default_factory=dict)
+
+
+def _fixed(body: DictConfig, prefix: str = "") -> dict[str, object]:
+    """The plain values a sweep file sets outside `defaults` and `hydra` (interpolations are left out)."""
+    out: dict[str, object] = {}
+    for key in body:
+        if not prefix and key in ("defaults", "hydra"):
+            continue
+        if OmegaConf.is_interpolation(body, key):
+            continue
+        value = body[key]
+        if isinstance(value, DictConfig):
+            out.update(_fixed(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    return out
 
 
 def load_sweep(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEEPS_DIR) -> Sweep:
@@ -125,7 +144,8 @@ def load_sweep(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEE
     sweeper = cfg.hydra.sweeper
     choices = cfg.hydra.runtime.choices
     defaults = {"model": choices.model, "task": choices.task, "method": choices.method, "reparam": choices.reparam}
-    return Sweep(name, grid_jobs(sweeper.get("params"), sweeper.get("grids"), arguments), defaults)
+    fixed = _fixed(OmegaConf.load(sweeps_dir / f"{name}.yaml"))
+    return Sweep(name, grid_jobs(sweeper.get("params"), sweeper.get("grids"), arguments), defaults, fixed)
 
 
 def sweep_jobs(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEEPS_DIR) -> list[list[str]]:

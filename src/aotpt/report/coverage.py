@@ -1,8 +1,9 @@
 """Which job of a sweep each run is, and how much of the sweep has finished.
 
 With `sweep=<name>` the report reads the sweep's job list (`aotpt.sweeps`),
-matches every run to a job by the job's overrides (each swept setting must
-equal the run's resolved config), excludes runs that are no job of the sweep,
+matches every run to a job by the job's overrides and the settings the sweep
+file fixes for all jobs (`data.max_length: 128`): each must equal the run's
+resolved config. It excludes runs that are no job of the sweep,
 and says per cell how many of the sweep's runs have not finished: "built from
 160 of the sweep's 168 runs" is then a count, not a guess.
 """
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from aotpt.cli import GROUPS
+from aotpt.identity import LATER_DEFAULTS, NEUTRAL
 from aotpt.report.runs import Run
 from aotpt.sweeps import Sweep
 
@@ -38,16 +40,21 @@ class Coverage:
 
 
 def _lookup(config: dict, path: tuple[str, ...]):
+    """The run's value at `path`; a setting added after the run was recorded reads as the value it ran with."""
+    node = config
     for key in path:
-        if not isinstance(config, dict) or key not in config:
-            return KeyError
-        config = config[key]
-    return config
+        if not isinstance(node, dict) or key not in node:
+            return LATER_DEFAULTS.get(".".join(path), KeyError)
+        node = node[key]
+    return node
 
 
-def _job(job: list[str], parser: OverridesParser, defaults: dict) -> tuple[dict, tuple[str, str, str]]:
-    """The job's checks (config path -> value) and its cell."""
-    checks: dict[tuple[str, ...], object] = {}
+def _job(job: list[str], parser: OverridesParser, sweep: Sweep) -> tuple[dict, tuple[str, str, str]]:
+    """The job's checks (config path -> value: the sweep file's fixed settings, then the job's) and its cell."""
+    checks: dict[tuple[str, ...], object] = {
+        tuple(key.split(".")): value for key, value in sweep.fixed.items() if not key.startswith(IGNORED + NEUTRAL)
+    }
+    defaults = sweep.defaults
     chosen = dict(defaults)
     for override in parser.parse_overrides(job):
         key = override.key_or_group.lstrip("+")
@@ -69,7 +76,7 @@ def _job(job: list[str], parser: OverridesParser, defaults: dict) -> tuple[dict,
 def cover(runs: list[Run], sweep: Sweep) -> tuple[list[Run], Coverage]:
     """The runs, those outside the sweep excluded, and how many of its jobs have an included run."""
     parser = OverridesParser.create()
-    jobs = [_job(job, parser, sweep.defaults) for job in sweep.jobs]
+    jobs = [_job(job, parser, sweep) for job in sweep.jobs]
     coverage = Coverage(sweep.name, len(jobs))
     by_task = defaultdict(list)
     for i, (_, cell) in enumerate(jobs):
