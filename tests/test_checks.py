@@ -50,6 +50,8 @@ def one_line(exc_type, fn, *args) -> str:
         ("optim.warmup_ratio=2", "optim.warmup_ratio=2 must be a number >= 0 and <= 1"),
         ("data.batch_size=0", "data.batch_size=0 must be an integer >= 1"),
         ("data.num_workers=-1", "data.num_workers=-1 must be an integer >= 0"),
+        ("data.group_by_length=no", "data.group_by_length='no' must be true or false"),
+        ("data.group_by_length=null", "data.group_by_length=None must be true or false"),
         ("+optim.lrr=1e-3", "unknown key optim.lrr (did you mean optim.lr?); accepted: head_dropout, lr,"),
         ("+data.max_len=64", "unknown key data.max_len (did you mean data.max_length?)"),
         ("+trainer.bogus=1", "unknown key trainer.bogus; accepted: accelerator, accumulate_grad_batches,"),

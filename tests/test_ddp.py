@@ -134,6 +134,18 @@ def test_length_grouped_order_is_a_seeded_permutation_that_pads_less_and_shards_
         ResumableSampler(4, seed=3, lengths=[1, 2, 3])
 
 
+def test_length_grouped_order_is_pinned_so_a_library_upgrade_cannot_silently_change_a_resumed_epoch():
+    """The grouping comes from transformers (get_length_grouped_indices): if a release changed it, a run resumed
+    after an upgrade would train the rest of its epoch on other batches. Derived by hand from the shuffled order
+    [14 9 13 4 | 2 8 0 11 | 7 15 12 10 | 6 3 5 1] (16 rows, batch 2: 4 mega-batches of 4), each mega-batch sorted
+    longest first, then the longest row (15, length 16) swapped to the front with the first mega-batch's head."""
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 12, 11, 15, 13, 14, 16]
+    plain, grouped = ResumableSampler(16, seed=7), ResumableSampler(16, seed=7, lengths=lengths, batch_size=2)
+    plain.set_epoch(1), grouped.set_epoch(1)
+    assert plain.order() == [14, 9, 13, 4, 2, 8, 0, 11, 7, 15, 12, 10, 6, 3, 5, 1]
+    assert grouped.order() == [15, 13, 9, 4, 11, 2, 8, 0, 14, 12, 10, 7, 6, 3, 5, 1]
+
+
 def test_lightning_wrapper_forwards_set_epoch_but_reshuffles_hence_our_sampler_shards_itself():
     """Lightning 2.6's DistributedSamplerWrapper calls set_epoch on the sampler it wraps (older versions did not),
     but shuffles the wrapped order again with its own seed: a 2-process run would not train on the batches of a

@@ -238,5 +238,21 @@ def test_a_run_matches_a_job_only_with_the_settings_the_sweep_file_fixes(tmp_pat
     )
     assert [r.state for r in runs] == ["included", "excluded", "excluded"]
     assert coverage.done == 1 and coverage.jobs == 2
+    names = {
+        f"{p.stem}": load_sweep(p.stem).fixed for p in SWEEPS_DIR.glob("*.yaml") if not p.stem.startswith("wandb_")
+    }
+    assert (
+        names.pop("study_minilm")
+        == names.pop("study_minilm_pilot")
+        == {
+            "data.max_length": 128,
+            "data.group_by_length": True,
+        }
+    )
+    assert not any(names.values()), names  # the paper's sweeps fix nothing beyond their jobs
+    neutral = dataclasses.replace(sweep, fixed={"model.name": "x", "data.num_workers": 9, "logger": "csv"})
+    assert [r.state for r in cover([run(1, max_length=1)], neutral)[0]] == ["included"]
+    named = dataclasses.replace(sweep, fixed={"model.names": "x"})  # not `model.name`: checked
+    assert [r.state for r in cover([run(1, max_length=1)], named)[0]] == ["excluded"]
     plain = dataclasses.replace(sweep, fixed={"data.group_by_length": False})
     assert [r.state for r in cover([run(1, max_length=64), run(2, max_length=64)], plain)[0]] == ["included"] * 2

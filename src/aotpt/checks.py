@@ -147,6 +147,12 @@ def integer(name: str, value, low: int = 1, null: bool = False) -> None:
         raise ConfigError(f"{name}={value!r} must be an integer >= {low}{' or null' if null else ''}")
 
 
+def boolean(name: str, value) -> None:
+    """true or false, or a one-line error saying so (`=no` would arrive as a string, and a string counts as true)."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} must be true or false")
+
+
 def check_values(cfg: DictConfig) -> None:
     integer("seed", cfg.seed, low=0)
     if cfg.seed >= 2**32:
@@ -162,6 +168,7 @@ def check_values(cfg: DictConfig) -> None:
     integer("data.eval_batch_size", data.eval_batch_size, null=True)
     integer("data.limit_examples", data.limit_examples, null=True)
     integer("data.num_workers", data.num_workers, low=0)
+    boolean("data.group_by_length", data.get("group_by_length", False))
 
 
 def check_devices(cfg: DictConfig) -> None:

@@ -109,19 +109,22 @@ class Sweep:
     fixed: dict[str, object] = field(default_factory=dict)
 
 
-def _fixed(body: DictConfig, prefix: str = "") -> dict[str, object]:
-    """The plain values a sweep file sets outside `defaults` and `hydra` (interpolations are left out)."""
+def _fixed(body: DictConfig, composed: DictConfig, prefix: str = "") -> dict[str, object]:
+    """The settings a sweep file sets outside `defaults` and `hydra`: their keys from the file, their values
+    from the composed config (resolved; a value that cannot be resolved outside a run is left out)."""
     out: dict[str, object] = {}
     for key in body:
         if not prefix and key in ("defaults", "hydra"):
             continue
-        if OmegaConf.is_interpolation(body, key):
+        path = f"{prefix}{key}"
+        if isinstance(body._get_node(key), DictConfig) and not OmegaConf.is_interpolation(body, key):
+            out.update(_fixed(body[key], composed, f"{path}."))
             continue
-        value = body[key]
-        if isinstance(value, DictConfig):
-            out.update(_fixed(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+        try:
+            value = OmegaConf.select(composed, path, throw_on_missing=True)
+        except Exception:  # noqa: BLE001 - ${hydra:...}, ${now:...}, ???: not a setting a stored config can be held to
+            continue
+        out[path] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
     return out
 
 
@@ -144,7 +147,7 @@ def load_sweep(name: str, arguments: Sequence[str] = (), sweeps_dir: Path = SWEE
     sweeper = cfg.hydra.sweeper
     choices = cfg.hydra.runtime.choices
     defaults = {"model": choices.model, "task": choices.task, "method": choices.method, "reparam": choices.reparam}
-    fixed = _fixed(OmegaConf.load(sweeps_dir / f"{name}.yaml"))
+    fixed = _fixed(OmegaConf.load(sweeps_dir / f"{name}.yaml"), cfg)
     return Sweep(name, grid_jobs(sweeper.get("params"), sweeper.get("grids"), arguments), defaults, fixed)
 
 

@@ -8,12 +8,19 @@ the splits in file order.
 from __future__ import annotations
 
 import lightning as L
+import pyarrow.compute as pc
+from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from aotpt.data.task_data import TaskData, limit_rows
 from aotpt.resume import ResumableLoader, ResumableSampler
 
 __all__ = ["TaskDataModule", "limit_rows"]
+
+
+def token_counts(dataset: Dataset) -> list[int]:
+    """Each row's number of tokens, read from the Arrow column (no Python list of every row's ids)."""
+    return pc.list_value_length(dataset.data.column("input_ids")).to_pylist()
 
 
 class TaskDataModule(TaskData, L.LightningDataModule):
@@ -39,7 +46,7 @@ class TaskDataModule(TaskData, L.LightningDataModule):
                 self.seed,
                 num_replicas=world,
                 rank=rank,
-                lengths=[len(ids) for ids in dataset["input_ids"]] if self.group_by_length else None,
+                lengths=token_counts(dataset) if self.group_by_length else None,
                 batch_size=self.batch_size,
             ),
             num_workers=self.num_workers,

@@ -49,10 +49,16 @@ def _lookup(config: dict, path: tuple[str, ...]):
     return node
 
 
+def _unchecked(key: str) -> bool:
+    """A setting that does not change what a run computes, by whole dotted parts (`model.name`, not `model.names`)."""
+    parts = key.split(".")
+    return any(parts[: len(p)] == p for p in (k.rstrip("./").split(".") for k in IGNORED + NEUTRAL))
+
+
 def _job(job: list[str], parser: OverridesParser, sweep: Sweep) -> tuple[dict, tuple[str, str, str]]:
     """The job's checks (config path -> value: the sweep file's fixed settings, then the job's) and its cell."""
     checks: dict[tuple[str, ...], object] = {
-        tuple(key.split(".")): value for key, value in sweep.fixed.items() if not key.startswith(IGNORED + NEUTRAL)
+        tuple(key.split(".")): value for key, value in sweep.fixed.items() if not _unchecked(key)
     }
     defaults = sweep.defaults
     chosen = dict(defaults)
