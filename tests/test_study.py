@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from aotpt.report.build import run as build_report
 from aotpt.report.coverage import cover
 from aotpt.report.runs import read_runs
+from aotpt.report.select import pilot_rows
 from aotpt.sweeps import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +89,20 @@ def test_the_page_is_rebuilt_exactly_from_the_committed_runs(monkeypatch):
     text = PAGE.read_text()
     assert f"Built from {len(committed('runs'))} of the 168 runs of the sweep `study_minilm`" in text
     assert report.coverage.done == len(committed("runs"))
+
+
+def test_the_grids_rates_for_the_claimed_setups_are_the_pilots_picks():
+    """aot kron, aot fc and ptuning_v2 run the main grid at the learning rate the pilot picked (best mean dev
+    score over RTE and MRPC), once all of the pilot's runs are committed."""
+    pilot = load_sweep("study_minilm_pilot")
+    if len(committed("pilot")) < len(pilot.jobs):
+        pytest.skip(f"{len(committed('pilot'))} of the pilot's {len(pilot.jobs)} runs committed")
+    picks = {row.setup: row.values["optim.lr"] for row in pilot_rows(read_runs(STUDY / "pilot"), ["optim.lr"])
+             if row.picked}  # fmt: skip
+    assert set(picks) == {"aot/kron", "aot/fc", "ptuning_v2"}
+    grid = {}
+    for job in load_sweep("study_minilm").jobs:
+        setting = dict(o.split("=", 1) for o in job)
+        setup = f"aot/{setting['reparam']}" if setting["method"] == "aot" else setting["method"]
+        grid.setdefault(setup, set()).add(float(setting["optim.lr"]))
+    assert {setup: grid[setup] for setup in picks} == {setup: {float(lr)} for setup, lr in picks.items()}
