@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -90,7 +91,7 @@ def identity(cfg: DictConfig) -> dict:
         _drop(tree, key.split("."))
     resolved = OmegaConf.to_container(OmegaConf.create(tree), resolve=True)
     for key, value in LATER_DEFAULTS.items():
-        if _get(resolved, key.split(".")) == value:
+        if lookup(resolved, key.split("."), _ABSENT) == value:
             _drop(resolved, key.split("."))
     resolved["data"] = {**resolved.get("data", {}), "source": data_fingerprint(cfg.task.name, cfg.get("data_dir"))}
     model = resolved.get("model", {})
@@ -105,11 +106,12 @@ def identity(cfg: DictConfig) -> dict:
     return json.loads(json.dumps(resolved, default=str))  # as results.json stores it, so the two compare equal
 
 
-def _get(tree: dict, keys: list[str]):
+def lookup(tree: dict, keys: Sequence[str], missing=None):
+    """The value at a dotted path of a nested dict (as `keys`), or `missing` where the path is absent."""
     node = tree
     for key in keys:
         if not isinstance(node, dict) or key not in node:
-            return _ABSENT
+            return missing
         node = node[key]
     return node
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from aotpt.cli import GROUPS
-from aotpt.identity import LATER_DEFAULTS, NEUTRAL
+from aotpt.identity import LATER_DEFAULTS, NEUTRAL, lookup
 from aotpt.report.runs import Run
 from aotpt.sweeps import Sweep
 
@@ -41,12 +41,7 @@ class Coverage:
 
 def _lookup(config: dict, path: tuple[str, ...]):
     """The run's value at `path`; a setting added after the run was recorded reads as the value it ran with."""
-    node = config
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return LATER_DEFAULTS.get(".".join(path), KeyError)
-        node = node[key]
-    return node
+    return lookup(config, path, LATER_DEFAULTS.get(".".join(path), KeyError))
 
 
 def _unchecked(key: str) -> bool:
@@ -60,8 +55,7 @@ def _job(job: list[str], parser: OverridesParser, sweep: Sweep) -> tuple[dict, t
     checks: dict[tuple[str, ...], object] = {
         tuple(key.split(".")): value for key, value in sweep.fixed.items() if not _unchecked(key)
     }
-    defaults = sweep.defaults
-    chosen = dict(defaults)
+    chosen = dict(sweep.defaults)
     for override in parser.parse_overrides(job):
         key = override.key_or_group.lstrip("+")
         if override.is_delete() or key.startswith(IGNORED):
