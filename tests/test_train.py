@@ -31,6 +31,7 @@ def test_tiny_run_writes_results_and_trained_weights(train_cfg, model):
     assert 0 < results["trainable_params"] < results["total_params"]
     assert "encoder" in results["changed_modules"]
     assert results["config"]["task"]["name"] == "mrpc" and results["wall_time_s"] > 0
+    assert results["machine"]["threads"] == torch.get_num_threads() and results["machine"]["cpu"]
     ckpt = torch.load(f"{out['output_dir']}/checkpoints/last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["state_dict"] and all(k.startswith(("net.backbone.aot.", "net.head.")) for k in ckpt["state_dict"])
     meta = json.loads((Path(out["output_dir"]) / "model" / "trained.json").read_text())
