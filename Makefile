@@ -68,16 +68,19 @@ STUDY_ARGS ?=
 # Runs trained at once, each with cores/N threads, all walking the same job list: a job another
 # worker holds is locked, so the next one is taken. On this 2-core CPU two one-thread workers train
 # about 1.5x the runs per hour of one two-thread process (docs/results/minilm.md says what was used).
+# STUDY_STAGGER: seconds between the workers' starts.
 STUDY_WORKERS ?= 1
+STUDY_STAGGER ?= 5
 
 study: study-pilot  ## the MiniLM study (issue #15): the pilot, then the grid seed by seed; finished runs are skipped; STUDY_WORKERS=2 trains two at once
+	@rm -f $(STUDY)/.study-stop
 	@if [ $(STUDY_WORKERS) -gt 1 ]; then \
 		threads=$$(( ($$(nproc) + $(STUDY_WORKERS) - 1) / $(STUDY_WORKERS) )); \
 		for w in $$(seq $(STUDY_WORKERS)); do \
 			echo "worker $$w: $$threads thread(s), log $(STUDY)/study-worker$$w.log"; \
 			OMP_NUM_THREADS=$$threads $(MAKE) --no-print-directory study-grid STUDY_KEEP_GOING=1 \
 				> $(STUDY)/study-worker$$w.log 2>&1 & \
-			sleep 5; \
+			sleep $(STUDY_STAGGER); \
 		done; \
 		wait; \
 		[ ! -e $(STUDY)/.study-stop ] || { echo "stopped (make study-stop)"; exit 130; }; \
@@ -86,13 +89,14 @@ study: study-pilot  ## the MiniLM study (issue #15): the pilot, then the grid se
 	$(MAKE) --no-print-directory study-grid
 
 study-pilot:  ## the study's pilot (sweeps/study_minilm_pilot.yaml); `make study` runs it first
-	$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name study_minilm_pilot data_dir=$(DATA_DIR)
+	AOTPT_STUDY=$(abspath $(STUDY)) $(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name study_minilm_pilot data_dir=$(DATA_DIR)
 
 study-grid:  ## the grid, seed by seed (study and its workers call it); STUDY_KEEP_GOING=1 passes over failed jobs
-	@for seed in $(STUDY_SEEDS); do \
+	@export AOTPT_STUDY=$(abspath $(STUDY)); for seed in $(STUDY_SEEDS); do \
 		[ ! -e $(STUDY)/.study-stop ] || { echo "stopped (make study-stop)"; exit 130; }; \
 		$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name study_minilm data_dir=$(DATA_DIR) \
-			seed=$$seed $(STUDY_ARGS) || { status=$$?; [ -n "$(STUDY_KEEP_GOING)" ] && [ ! -e $(STUDY)/.study-stop ] || exit $$status; }; \
+			seed=$$seed $(STUDY_ARGS) || { status=$$?; \
+			[ -n "$(STUDY_KEEP_GOING)" ] && [ $$status -ne 130 ] && [ ! -e $(STUDY)/.study-stop ] || exit $$status; }; \
 	done
 
 study-background:  ## `make study` under nohup; every finished run's results.json is committed as it lands
@@ -103,9 +107,10 @@ study-background:  ## `make study` under nohup; every finished run's results.jso
 
 STUDY_JOBS := aotpt.train -m --config-dir sweeps --config-name study_minilm
 
-study-stop:  ## stop the background study: its running jobs end as interrupted (the next launch resumes them), then the last commit
+study-stop:  ## stop this checkout's background study: running jobs end as interrupted (the next launch resumes them)
 	touch $(STUDY)/.study-stop
 	@for pid in $$(pgrep -f -- '$(STUDY_JOBS)'); do \
+		tr '\0' '\n' < /proc/$$pid/environ 2>/dev/null | grep -qxF 'AOTPT_STUDY=$(abspath $(STUDY))' || continue; \
 		args=$$(ps -o args= -p $$pid) && parent=$$(ps -o args= -p $$(ps -o ppid= -p $$pid)) || continue; \
 		case "$${args%% *}" in *python*) ;; *) continue;; esac; \
 		case "$${parent%% *}" in *python*) continue;; esac; \

@@ -7,6 +7,11 @@ beside it are generated from them by `make study-page`.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,7 @@ from aotpt.report.coverage import cover
 from aotpt.report.runs import read_runs
 from aotpt.report.select import pilot_rows
 from aotpt.sweeps import load_sweep
+from conftest import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "docs" / "results" / "minilm"
@@ -106,3 +112,63 @@ def test_the_grids_rates_for_the_claimed_setups_are_the_pilots_picks():
         setup = f"aot/{setting['reparam']}" if setting["method"] == "aot" else setting["method"]
         grid.setdefault(setup, set()).add(float(setting["optim.lr"]))
     assert {setup: grid[setup] for setup in picks} == {setup: {float(lr)} for setup, lr in picks.items()}
+
+
+STUDY_JOBS = "-m aotpt.train -m --config-dir sweeps --config-name study_minilm"  # make study-stop's pattern
+
+
+def _study(tmp_path: Path, make_target: str, **popen) -> subprocess.Popen:
+    """`make <target>` on a two-setup slice of the study grid (CB x AoT kron, fc; seeds 1 and 2) with tiny_bert
+    and the fixtures, two one-thread workers; the runs and the logs go under tmp_path."""
+    args = (f"model=tiny_bert task=cb method=aot paths.root_dir={tmp_path} logger=csv data.num_workers=0 "
+            "data.batch_size=1")  # fmt: skip
+    cmd = ["make", "--no-print-directory", make_target, "-o", "study-pilot", "STUDY_WORKERS=2", "STUDY_STAGGER=0",
+           f"STUDY={tmp_path}", "STUDY_SEEDS=1 2", f"DATA_DIR={FIXTURES}", f"STUDY_ARGS={args}",
+           f"BIN={Path(sys.executable).parent}"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, text=True, **popen)
+
+
+def _runs(tmp_path: Path) -> dict[str, dict]:
+    return {
+        p.parent.name: json.loads(p.read_text()) for p in tmp_path.glob("docs/results/minilm/runs/*/*/results.json")
+    }
+
+
+@pytest.mark.slow
+def test_two_study_workers_share_the_grid_and_study_stop_interrupts_them(tmp_path):
+    """`make study STUDY_WORKERS=2`: both workers train at once (one thread each) on different jobs of one list;
+    `make study-stop` ends both running jobs as interrupted and starts nothing new; the next `make study`
+    resumes them and finishes every job, each trained in one folder."""
+    log = tmp_path / "study.log"
+    with open(log, "w") as out:
+        proc = _study(tmp_path, "study", stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while len(list(tmp_path.glob("docs/results/minilm/runs/*/*/checkpoints/last.ckpt"))) < 2:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the two workers never trained at the same time"
+            time.sleep(0.05)
+        # another checkout's study: a process of the same command line with another AOTPT_STUDY is left alone
+        other = {**os.environ, "AOTPT_STUDY": "/elsewhere"}
+        decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", STUDY_JOBS], env=other)
+        stop = subprocess.run(["make", "--no-print-directory", "study-stop", f"STUDY={tmp_path}"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert stop.returncode == 0 and stop.stdout.count("SIGTERM to ") == 2, stop.stdout + stop.stderr
+        assert proc.wait(timeout=120) != 0
+        assert decoy.poll() is None, "make study-stop stopped another checkout's study"
+        decoy.kill()
+    assert "stopped (make study-stop)" in log.read_text()
+    runs = _runs(tmp_path)
+    assert sorted(r["status"] for r in runs.values()) == ["interrupted", "interrupted"], log.read_text()[-3000:]
+    interrupted = set(runs)
+
+    proc = _study(tmp_path, "study", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    runs = _runs(tmp_path)
+    assert len(runs) == 4 and all(r["status"] == "completed" for r in runs.values())
+    assert all(r["machine"]["threads"] == 1 for r in runs.values())
+    worker_logs = "".join((tmp_path / f"study-worker{w}.log").read_text() for w in (1, 2))
+    assert sum("resuming from" in line and any(i in line for i in interrupted)
+               for line in worker_logs.splitlines()) == 2  # fmt: skip
+    assert [e["epoch"] for r in runs.values() for e in r["epochs"]] == list(range(20)) * 4
