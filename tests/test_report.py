@@ -44,6 +44,7 @@ def fake_run(
     params: int = 744_034,
     wall: float = 60.0,
     error: str | None = None,
+    threads: int | None = None,
 ) -> Path:
     """A results.json as aotpt.train writes it; every metric of the task equals `score` unless it is MRPC/CB."""
     config = {
@@ -73,6 +74,8 @@ def fake_run(
         "best": best if status != "running" else {},
         "wall_time_s": wall,
     }
+    if threads is not None:  # results.json records the machine since the study's one-thread workers
+        result["machine"] = {"cpu": "a CPU", "cores": 2, "threads": threads, "gpu": None, "torch": "2.13.0"}
     if identity:
         result |= {"identity": settings, "run_id": run_id}
     folder = root / f"{task}-{model}-{method['name']}" / f"seed{seed}" / f"lr{lr}-{run_id}"
@@ -197,6 +200,7 @@ def _grid(root: Path) -> None:
 def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_path, monkeypatch):
     _grid(tmp_path / "runs")
     fake_run(tmp_path / "runs", "rte", 4, 0.1, status="failed", error="ValueError: boom")
+    fake_run(tmp_path / "runs", "cola", 1, 0.6, threads=1, wall=3000.0)
     fake_run(tmp_path / "pilot", "rte", 1, 0.55, lr=1e-3)
     fake_run(tmp_path / "pilot", "rte", 1, 0.65, lr=5e-3)
     monkeypatch.chdir(tmp_path)
@@ -217,7 +221,12 @@ def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_
             assert text == (tmp_path / "b" / name).read_text().replace("out_dir=b", "out_dir=a"), name
             assert str(tmp_path) not in text and "/tmp" not in text, name
     md = (tmp_path / "a" / "report.md").read_text()
-    assert "| aot/kron |" in md and "**" in md and "Built from 54 of the 55 runs" in md
+    assert "| aot/kron |" in md and "**" in md and "Built from 55 of the 56 runs" in md
+    # the wall time is read beside the thread count it ran with (blank for records from before `machine`)
+    cola = [line for line in md.splitlines() if line.startswith("| minilm | aot/kron | cola |")]
+    assert len(cola) == 1 and cola[0].replace(" ", "").endswith("|50.0|1|"), cola
+    runs_csv = (tmp_path / "a" / "tables" / "runs.csv").read_text().splitlines()
+    assert [line for line in runs_csv if "cola" in line][0].endswith(",3000.0,1,744034")
     assert "1 failed" in md and "ValueError: boom" in md and "make study" in md
     assert "majority class" in md and "## Pilot" in md and "![" in md
     # check=true rebuilds in memory and names what would change; the discussion block is not generated

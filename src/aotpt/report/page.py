@@ -138,8 +138,20 @@ def _all_runs(report) -> str:
         wall = "" if r.wall_time_s is None else f"{r.wall_time_s / 60:.1f}"
         best = f"{r.best_epoch + 1}/{r.epochs}" if r.best_epoch is not None else ""
         config = chosen_text({k: r.settings.get(k) for k in keys})
-        rows.append([r.backbone, r.setup, r.task, config, value(r.seed), pct(r.score), best, wall])
-    header = ["backbone", "setup", "task", "config", "seed", "dev score", "best epoch", "minutes"]
+        rows.append(
+            [
+                r.backbone,
+                r.setup,
+                r.task,
+                config,
+                value(r.seed),
+                pct(r.score),
+                best,
+                wall,
+                "" if r.threads is None else str(r.threads),
+            ]
+        )
+    header = ["backbone", "setup", "task", "config", "seed", "dev score", "best epoch", "minutes", "threads"]
     return md_table(header, rows, right=4)
 
 
@@ -165,9 +177,8 @@ def render(report, page: Path, existing: str | None) -> str:
     used = sum(r.state == "included" for r in report.runs)
     sections += [
         "## All runs",
-        f"<details><summary>The {used} runs of the selection (minutes: wall time per run)</summary>\n\n"
-        + _all_runs(report)
-        + "\n\n</details>",
+        f"<details><summary>The {used} runs of the selection (minutes: wall time per run; threads: torch's CPU "
+        "threads, two one-thread runs sharing 2 cores)</summary>\n\n" + _all_runs(report) + "\n\n</details>",
     ]
     return "\n\n".join(sections) + "\n"
 

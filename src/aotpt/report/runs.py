@@ -55,6 +55,7 @@ class Run:
     best_epoch: int | None = None
     epochs: int = 0  # dev evaluations recorded
     wall_time_s: float | None = None
+    threads: int | None = None  # torch's CPU threads (results.json `machine`; absent in older records)
     trainable_params: int | None = None
     backbone_params: int | None = None
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -118,6 +119,7 @@ def read_run(path: Path, root: Path) -> Run:
         "best_epoch": best.get("epoch"),
         "epochs": len(result.get("epochs") or []),
         "wall_time_s": result.get("wall_time_s"),
+        "threads": (result.get("machine") or {}).get("threads"),
         "trainable_params": result.get("trainable_params"),
         "backbone_params": _backbone_params(result),
     }

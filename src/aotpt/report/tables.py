@@ -254,11 +254,11 @@ def params_csv(report) -> str:
 
 def runs_csv(runs) -> str:
     header = ["path", "state", "reason", "backbone", "setup", "task", "seed", "run_id", "score", "best_epoch"]
-    header += ["epochs", "wall_time_s", "trainable_params"]
+    header += ["epochs", "wall_time_s", "threads", "trainable_params"]
     rows = [
         [r.path, r.state, r.reason, r.backbone, r.setup, r.task, r.seed, r.run_id or ""]
         + ["" if r.score is None else pct(r.score, 3), "" if r.best_epoch is None else r.best_epoch, r.epochs]
-        + ["" if r.wall_time_s is None else f"{r.wall_time_s:.1f}", r.trainable_params or ""]
+        + ["" if r.wall_time_s is None else f"{r.wall_time_s:.1f}", r.threads or "", r.trainable_params or ""]
         for r in runs
     ]
     return csv_text(header, rows)
