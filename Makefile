@@ -130,8 +130,8 @@ study-commit:  ## commit the study's newly completed runs (results.json only) wi
 
 study-page:  ## docs/results/minilm.md from the committed runs
 	$(BIN)/python -m aotpt.report runs_dir=$(STUDY)/runs out_dir=$(STUDY) page=$(STUDY).md sweep=study_minilm \
-		pilot_dir=$(STUDY)/pilot data_dir=$(DATA_DIR) 'title=AoT P-Tuning on MiniLM: the study' "commands=[make study]" \
-		completed_only=true
+		pilot_dir=$(STUDY)/pilot data_dir=$(DATA_DIR) 'title=AoT P-Tuning on MiniLM: the study' \
+		"commands=['make study-background STUDY_WORKERS=2']" 'benchmarks=[sweep]' completed_only=true
 
 bench:  ## training step time of AoT vs full fine-tuning on MiniLM (batch 32 x 128)
 	$(BIN)/python -m aotpt.bench $(ARGS)

@@ -16,8 +16,10 @@ from omegaconf import OmegaConf
 
 from aotpt import report
 from aotpt.errors import ConfigError
+from aotpt.report.build import _benchmarks
 from aotpt.report.runs import read_runs
-from aotpt.report.select import select
+from aotpt.report.select import select, sweep_benchmark
+from aotpt.sweeps import load_sweep
 from conftest import FIXTURES, REPO
 
 AOT = {"name": "aot", "reparam": {"name": "kron", "rank": 16, "dropout": 0.0}}
@@ -115,6 +117,33 @@ def test_benchmark_scores_from_the_selected_rows(tmp_path):
     assert sel.macro("minilm", "aot/kron", "superglue").mean == pytest.approx(0.60)
     assert sel.macro("minilm", "lora", "glue").mean == pytest.approx(0.90)
     assert sel.setups == ["aot/kron", "lora"] and sel.tasks == ["cola", "mrpc", "rte", "copa"]
+
+
+def test_a_sweeps_macro_averages_the_tasks_it_trains_across_benchmarks(tmp_path):
+    """benchmarks=[sweep]: one score over the sweep's tasks (the study's 7 cross GLUE and SuperGLUE), in its own
+    column, the majority class averaged the same way; a wrong name or no sweep is a one-line error."""
+    study = _benchmarks(["sweep"], load_sweep("study_minilm"))
+    assert [(b.key, b.label, b.tasks) for b in study] == [
+        ("macro", "Macro", ("cola", "mrpc", "stsb", "rte", "cb", "copa", "wic"))
+    ]
+    for seed in (1, 2):
+        fake_run(tmp_path / "runs", "mrpc", seed, 0.80 + 0.1 * (seed - 1))  # 0.8, 0.9
+        fake_run(tmp_path / "runs", "cola", seed, 0.50)
+        fake_run(tmp_path / "runs", "copa", seed, 0.60)
+    macro = sweep_benchmark(["mrpc", "cola", "copa", "rte"])
+    sel = select(read_runs(tmp_path / "runs"), benchmarks=[macro])
+    m = sel.macro("minilm", "aot/kron", "macro")
+    assert m.mean == pytest.approx((0.85 + 0.50 + 0.60) / 3) and m.missing == ["rte"]
+    assert sel.macro("minilm", "aot/kron", "glue") is None  # only the benchmarks asked for
+    with pytest.raises(
+        ConfigError, match=r"^benchmarks='gleu' is not a benchmark score; accepted: glue, superglue, sweep$"
+    ):
+        _benchmarks(["glue", "gleu"], None)
+    with pytest.raises(ConfigError, match=r"^benchmarks=\[sweep\] needs sweep="):
+        _benchmarks(["sweep"], None)
+    _report(tmp_path, benchmarks=["glue"], figure_formats=[], data_dir=str(FIXTURES))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| setup | params % | cola | mrpc | copa | GLUE |" in md and "SuperGLUE" not in md.split("## Figures")[0]
 
 
 def test_debug_shortened_unfinished_and_unidentified_runs_are_listed_not_used(tmp_path):

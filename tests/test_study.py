@@ -49,7 +49,8 @@ def page_cfg(check: bool):
             "pilot_dir": "docs/results/minilm/pilot",
             "data_dir": "../shared/data",
             "title": "AoT P-Tuning on MiniLM: the study",
-            "commands": ["make study"],
+            "commands": ["make study-background STUDY_WORKERS=2"],
+            "benchmarks": ["sweep"],
             "completed_only": True,
             "check": check,
         }

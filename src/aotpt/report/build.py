@@ -24,8 +24,18 @@ from aotpt.report import figures, page, tables
 from aotpt.report.baseline import majority_scores
 from aotpt.report.coverage import Coverage, cover
 from aotpt.report.runs import Run, read_runs
-from aotpt.report.select import PilotRow, Selection, pilot_rows, select
-from aotpt.sweeps import load_sweep
+from aotpt.report.select import (
+    BENCHMARKS,
+    Benchmark,
+    PilotRow,
+    Selection,
+    pilot_rows,
+    select,
+    standard_benchmark,
+    sweep_benchmark,
+)
+from aotpt.sweeps import Sweep, load_sweep
+from aotpt.tasks import TASKS
 
 UNFINISHED = ("running", "interrupted", "failed")  # states `completed_only=true` leaves out
 
@@ -70,22 +80,46 @@ def _params(runs: list[Run], selection: Selection) -> dict[tuple[str, str], dict
     return out
 
 
+def _benchmarks(names, sweep: Sweep | None) -> list[Benchmark]:
+    """`benchmarks=`: glue, superglue, and `sweep` (the mean over the tasks the sweep's jobs train)."""
+    accepted = (*BENCHMARKS, "sweep")
+    names = [names] if isinstance(names, str) else list(names or [])
+    if wrong := [n for n in names if n not in accepted]:
+        raise ConfigError(f"benchmarks={wrong[0]!r} is not a benchmark score; accepted: {', '.join(accepted)}")
+    out = []
+    for name in names:
+        if name != "sweep":
+            out.append(standard_benchmark(name))
+            continue
+        if sweep is None:
+            raise ConfigError(
+                "benchmarks=[sweep] needs sweep=<a sweeps/*.yaml name>: the macro score is over its tasks"
+            )
+        tasks = [dict(o.split("=", 1) for o in job).get("task", sweep.defaults["task"]) for job in sweep.jobs]
+        out.append(sweep_benchmark([t for t in tasks if t in TASKS]))
+    return out
+
+
 def build(cfg: DictConfig) -> Report:
     runs_dir = Path(cfg.runs_dir)
     if not runs_dir.is_dir():
         raise ConfigError(f"runs_dir={runs_dir} is not a folder")
+    sweep = None
+    if cfg.get("sweep"):
+        given = cfg.get("sweep_overrides") or []
+        arguments = shlex.split(given) if isinstance(given, str) else list(given)
+        sweep = load_sweep(cfg.sweep, arguments)
+    benchmarks = _benchmarks(cfg.get("benchmarks", list(BENCHMARKS)), sweep)
     runs = read_runs(runs_dir)
     if cfg.get("completed_only"):
         runs = [r for r in runs if r.state not in UNFINISHED]
     coverage = None
-    if cfg.get("sweep"):
-        given = cfg.get("sweep_overrides") or []
-        arguments = shlex.split(given) if isinstance(given, str) else list(given)
-        runs, coverage = cover(runs, load_sweep(cfg.sweep, arguments))
+    if sweep is not None:
+        runs, coverage = cover(runs, sweep)
     if not any(r.state == "included" for r in runs):
         states = ", ".join(sorted({f"{r.state}" for r in runs})) or "none"
         raise ConfigError(f"runs_dir={runs_dir}: no results.json of a finished, identified run (found: {states})")
-    selection = select(runs, coverage)
+    selection = select(runs, coverage, benchmarks)
     show = list(cfg.get("show") or [])
     report = Report(
         title=cfg.title,

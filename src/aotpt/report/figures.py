@@ -19,8 +19,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from aotpt.report.select import BENCHMARKS, setup_order
-from aotpt.report.tables import BENCHMARK_NAMES, csv_text, pct
+from aotpt.report.select import setup_order
+from aotpt.report.tables import csv_text, pct
 
 PALETTE = [
     "#1f77b4",
@@ -63,7 +63,7 @@ class Sink:
 
 def macro_figure(report, sink: Sink) -> None:
     sel = report.selection
-    benchmarks = [b for b in BENCHMARKS if any(m.benchmark == b for m in sel.macros)]
+    benchmarks = [b.key for b in sel.benchmarks if any(m.benchmark == b.key for m in sel.macros)]
     if not benchmarks:
         return
     cols = min(2, len(sel.backbones))
@@ -92,7 +92,7 @@ def macro_figure(report, sink: Sink) -> None:
                 width,
                 yerr=stds,
                 capsize=3,
-                label=BENCHMARK_NAMES[benchmark],
+                label=sel.benchmark(benchmark).label,
                 hatch=hatch,
                 color=[color(s) for s in sel.setups if sel.macro(backbone, s, benchmark)],
                 edgecolor="black",
@@ -106,7 +106,7 @@ def macro_figure(report, sink: Sink) -> None:
 
 def params_figure(report, sink: Sink) -> None:
     sel = report.selection
-    benchmarks = [b for b in BENCHMARKS if any(m.benchmark == b for m in sel.macros)]
+    benchmarks = [b.key for b in sel.benchmarks if any(m.benchmark == b.key for m in sel.macros)]
     if not benchmarks:
         return
     fig = Figure(figsize=(4.8 * len(benchmarks), 3.8))
@@ -123,7 +123,7 @@ def params_figure(report, sink: Sink) -> None:
                 rows.append([benchmark, backbone, setup, p["trainable"], pct(m.mean, 3), pct(m.std, 3)])
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
-        ax.set_ylabel(f"{BENCHMARK_NAMES[benchmark]} dev score (%)")
+        ax.set_ylabel(f"{sel.benchmark(benchmark).label} dev score (%)")
         # one legend entry per setup (colour) and per backbone (marker), not per pair
         handles = [Line2D([], [], color=color(s), marker="o", linestyle="", label=s) for s in sel.setups]
         if len(sel.backbones) > 1:
@@ -138,7 +138,7 @@ def params_figure(report, sink: Sink) -> None:
 def backbones_figure(report, sink: Sink) -> None:
     sel = report.selection
     sized = [b for b in sel.backbones if report.backbone_params.get(b)]
-    benchmarks = [b for b in BENCHMARKS if any(m.benchmark == b for m in sel.macros)]
+    benchmarks = [b.key for b in sel.benchmarks if any(m.benchmark == b.key for m in sel.macros)]
     if len(sized) < 2 or not benchmarks:
         return
     fig = Figure(figsize=(4.8 * len(benchmarks), 3.8))
@@ -167,7 +167,7 @@ def backbones_figure(report, sink: Sink) -> None:
             [report.backbone_params[b] for b in sized], [f"{b}\n{report.backbone_params[b] / 1e6:.0f}M" for b in sized]
         )
         ax.set_xlabel("backbone parameters")
-        ax.set_ylabel(f"{BENCHMARK_NAMES[benchmark]} dev score (%)")
+        ax.set_ylabel(f"{sel.benchmark(benchmark).label} dev score (%)")
         ax.legend(fontsize="x-small")
     header = ["benchmark", "setup", "backbone", "backbone_params", "score", "std"]
     sink.add(fig, "backbones", header, rows)

@@ -11,7 +11,8 @@ is the cell's score.
 GLUE and SuperGLUE scores are the mean of the chosen task scores over the
 benchmark's tasks (diagnostics excluded, `aotpt.tasks.benchmark_tasks`), with
 std = sqrt(sum of task variances) / number of tasks (tasks are independent
-runs). Anything short of the full grid is marked, not passed off as complete:
+runs); a sweep's macro score (`benchmarks=[sweep]`) is the same over the tasks
+the sweep trains. Anything short of the full grid is marked, not passed off as complete:
 uneven seeds, failed or unfinished runs, missing tasks.
 """
 
@@ -30,6 +31,24 @@ from aotpt.tasks import TASKS, benchmark_tasks
 
 BENCHMARKS = ("glue", "superglue")
 UNFINISHED = ("failed", "interrupted", "running")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A score averaged over tasks: GLUE, SuperGLUE, or a sweep's macro score over the tasks it trains."""
+
+    key: str  # glue | superglue | macro (macros.csv, report.json)
+    label: str  # the column's name: GLUE | SuperGLUE | Macro
+    tasks: tuple[str, ...]
+
+
+def standard_benchmark(name: str) -> Benchmark:
+    return Benchmark(name, {"glue": "GLUE", "superglue": "SuperGLUE"}[name], tuple(benchmark_tasks(name)))
+
+
+def sweep_benchmark(tasks: list[str]) -> Benchmark:
+    """The macro score of a sweep: the mean over the tasks its jobs train, in registry order."""
+    return Benchmark("macro", "Macro", tuple(sorted(set(tasks), key=list(TASKS).index)))
 
 
 def setup_order() -> list[str]:
@@ -117,6 +136,10 @@ class Selection:
     setups: list[str]
     tasks: list[str]
     expected_seeds: int
+    benchmarks: list[Benchmark] = field(default_factory=list)
+
+    def benchmark(self, key: str) -> Benchmark:
+        return next(b for b in self.benchmarks if b.key == key)
 
     def cell(self, backbone: str, setup: str, task: str) -> Cell | None:
         return next((c for c in self.cells if (c.backbone, c.setup, c.task) == (backbone, setup, task)), None)
@@ -169,11 +192,11 @@ def _cell(backbone: str, setup: str, task: str, runs: list[Run], unfinished: lis
     return cell
 
 
-def _macros(cells: list[Cell], backbone: str, setup: str) -> list[Macro]:
+def _macros(cells: list[Cell], backbone: str, setup: str, benchmarks: list[Benchmark]) -> list[Macro]:
     macros = []
     by_task = {c.task: c for c in cells if c.chosen is not None}
-    for benchmark in BENCHMARKS:
-        members = benchmark_tasks(benchmark)
+    for benchmark in benchmarks:
+        members = benchmark.tasks
         present = [t for t in members if t in by_task]
         if not present:
             continue
@@ -182,16 +205,19 @@ def _macros(cells: list[Cell], backbone: str, setup: str) -> list[Macro]:
         std = math.sqrt(sum(s * s for _, s in stats)) / len(stats)
         missing = [t for t in members if t not in by_task]
         incomplete = [t for t in present if not by_task[t].complete]
-        macros.append(Macro(backbone, setup, benchmark, mean, std, present, missing, incomplete))
+        macros.append(Macro(backbone, setup, benchmark.key, mean, std, present, missing, incomplete))
     return macros
 
 
-def select(runs: list[Run], coverage=None) -> Selection:
+def select(runs: list[Run], coverage=None, benchmarks: list[Benchmark] | None = None) -> Selection:
     """Cells (chosen configs) and benchmark scores from the included runs; unfinished runs mark their cells.
 
     With a sweep's `coverage` (`aotpt.report.coverage`), a cell whose sweep
-    runs have not all finished is marked as well.
+    runs have not all finished is marked as well. `benchmarks`: the scores
+    averaged over tasks (GLUE and SuperGLUE by default).
     """
+    if benchmarks is None:
+        benchmarks = [standard_benchmark(b) for b in BENCHMARKS]
     included = [r for r in runs if r.state == "included"]
     unfinished = [r for r in runs if r.state in UNFINISHED]
     counted = included + unfinished
@@ -213,8 +239,8 @@ def select(runs: list[Run], coverage=None) -> Selection:
                 if coverage is not None and (missing := coverage.missing(backbone, setup, cell.task)):
                     cell.problems.append(missing)
             cells += row
-            macros += _macros(row, backbone, setup)
-    return Selection(cells, macros, backbones, setups, tasks, expected)
+            macros += _macros(row, backbone, setup, benchmarks)
+    return Selection(cells, macros, backbones, setups, tasks, expected, list(benchmarks))
 
 
 def _by_cell(runs: list[Run]) -> dict[tuple[str, str, str], list[Run]]:

@@ -16,11 +16,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from aotpt.report.select import BENCHMARKS, Cell
-from aotpt.tasks import benchmark_tasks
+from aotpt.report.select import Benchmark, Cell
 
 DAGGER = "†"
-BENCHMARK_NAMES = {"glue": "GLUE", "superglue": "SuperGLUE"}
 
 
 def pct(x: float, digits: int = 1) -> str:
@@ -95,9 +93,9 @@ class Score:
         return text + (rf"\,{self.count}" if self.count else "") + (r"$^\dagger$" if self.marked else "")
 
 
-def _columns(report) -> tuple[list[str], list[str]]:
+def _columns(report) -> tuple[list[str], list[Benchmark]]:
     tasks = report.selection.tasks
-    benchmarks = [b for b in BENCHMARKS if any(t in benchmark_tasks(b) for t in tasks)]
+    benchmarks = [b for b in report.selection.benchmarks if any(t in b.tasks for t in tasks)]
     return tasks, benchmarks
 
 
@@ -105,15 +103,15 @@ def _count(done: int, of: int) -> str:
     return "" if done == of else f"({done}/{of})"
 
 
-def _majority(report, benchmark: str) -> Score:
-    tasks = [t for t in report.selection.tasks if t in benchmark_tasks(benchmark) and t in report.majority]
+def _majority(report, benchmark: Benchmark) -> Score:
+    tasks = [t for t in report.selection.tasks if t in benchmark.tasks and t in report.majority]
     if not tasks:
         return Score()
     mean = statistics.fmean(report.majority[t]["score"] for t in tasks)
-    return Score(mean, count=_count(len(tasks), len(benchmark_tasks(benchmark))))
+    return Score(mean, count=_count(len(tasks), len(benchmark.tasks)))
 
 
-def _setup_scores(report, backbone: str, setup: str, tasks: list[str], benchmarks: list[str]) -> list[Score]:
+def _setup_scores(report, backbone: str, setup: str, tasks: list[str], benchmarks: list[Benchmark]) -> list[Score]:
     sel = report.selection
     scores = []
     for task in tasks:
@@ -125,7 +123,7 @@ def _setup_scores(report, backbone: str, setup: str, tasks: list[str], benchmark
         best = max(c.chosen.stat()[0] for c in sel.cells if (c.backbone, c.task) == (backbone, task) and c.chosen)
         scores.append(Score(mean, std, best=mean == best, marked=not cell.complete))
     for benchmark in benchmarks:
-        m = sel.macro(backbone, setup, benchmark)
+        m = sel.macro(backbone, setup, benchmark.key)
         if m is None:
             scores.append(Score())
             continue
@@ -161,13 +159,14 @@ def problems(report, backbone: str) -> list[str]:
         if m.backbone == backbone and m.missing:
             missing.setdefault((m.benchmark, tuple(m.missing)), []).append(m.setup)
     for (benchmark, tasks), setups in missing.items():
-        lines.append(f"{BENCHMARK_NAMES[benchmark]} of {', '.join(setups)}: no score for {', '.join(tasks)}")
+        label = report.selection.benchmark(benchmark).label
+        lines.append(f"{label} of {', '.join(setups)}: no score for {', '.join(tasks)}")
     return lines
 
 
 def main_markdown(report) -> str:
     tasks, benchmarks = _columns(report)
-    header = ["setup", "params %", *tasks, *(BENCHMARK_NAMES[b] for b in benchmarks)]
+    header = ["setup", "params %", *tasks, *(b.label for b in benchmarks)]
     parts = []
     for backbone in report.selection.backbones:
         rows = [
@@ -188,7 +187,7 @@ def _tex(text: str) -> str:
 def main_latex(report) -> str:
     """One booktabs table: a block per backbone, the best mean per task in bold, the std as a subscript."""
     tasks, benchmarks = _columns(report)
-    header = ["Setup", r"Params (\%)", *map(_tex, tasks), *(BENCHMARK_NAMES[b] for b in benchmarks)]
+    header = ["Setup", r"Params (\%)", *map(_tex, tasks), *(b.label for b in benchmarks)]
     width = len(header)
     lines = [r"\begin{table*}[t]", r"\centering", r"\small", r"\begin{tabular}{l" + "r" * (width - 1) + "}"]
     lines += [r"\toprule", " & ".join(header) + r" \\"]
