@@ -123,15 +123,15 @@ study-commit:  ## commit the study's newly completed runs (results.json only) wi
 	if [ -n "$$new" ]; then \
 		git add -- $$new; \
 		if echo "$$done" | grep -q "^$(STUDY)/runs/"; then \
-			$(MAKE) --no-print-directory study-page > /dev/null && git add -- $(STUDY).md $(STUDY)/report.* $(STUDY)/tables $(STUDY)/figures; \
+			$(MAKE) --no-print-directory study-page > /dev/null && git add -- $(STUDY).md $(STUDY)/report.* $(STUDY)/tables $(STUDY)/figures README.md; \
 		fi; \
 		git commit -q -m "study: $$(echo $$new | wc -w) finished run(s)" && echo "committed $$new"; \
 	fi
 
-study-page:  ## docs/results/minilm.md from the committed runs
+study-page:  ## docs/results/minilm.md from the committed runs, and its summary in README.md
 	$(BIN)/python -m aotpt.report runs_dir=$(STUDY)/runs out_dir=$(STUDY) page=$(STUDY).md sweep=study_minilm \
 		pilot_dir=$(STUDY)/pilot data_dir=$(DATA_DIR) 'title=AoT P-Tuning on MiniLM: the study' \
-		"commands=['make study-background STUDY_WORKERS=2']" 'benchmarks=[sweep]' completed_only=true
+		"commands=['make study-background STUDY_WORKERS=2']" 'benchmarks=[sweep]' summary=README.md completed_only=true
 
 bench:  ## training step time of AoT vs full fine-tuning on MiniLM (batch 32 x 128)
 	$(BIN)/python -m aotpt.bench $(ARGS)

@@ -270,6 +270,41 @@ def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "ptuning" not in tex
 
 
+def test_summary_fills_the_readme_block_with_the_averaged_scores_and_stays_checked(tmp_path):
+    """summary=README.md: the block between the page's markers gets the averaged columns, the macro figure and a
+    link to the page, the rest of the file untouched; check=true holds it to the runs; no block: a one-line error."""
+    _grid(tmp_path / "runs")
+    readme = tmp_path / "README.md"
+    begin, end = "<!-- summary of out/report.md: begin -->", "<!-- summary of out/report.md: end -->"
+    readme.write_text(f"# Project\n\nBefore.\n\n{begin}\nold text\n{end}\n\nAfter.\n")
+    (tmp_path / "plain.md").write_text("# no block\n")
+    with pytest.raises(ConfigError, match=r"^summary=plain.md has no block to fill: it needs the lines <!-- summary"):
+        _report_in(tmp_path, summary="plain.md")
+    _report_in(tmp_path, summary="README.md", data_dir=str(FIXTURES))
+    text = readme.read_text()
+    block = text.split(begin)[1].split(end)[0]
+    assert text.startswith("# Project\n\nBefore.\n\n") and text.endswith(f"{end}\n\nAfter.\n")
+    assert "old text" not in block and "Built from 54 of the 54 runs found under `runs`" in block
+    assert "[out/report.md](out/report.md)" in block and "![macro scores](out/figures/macro.png)" in block
+    assert "| setup | params % | GLUE | SuperGLUE |" in block and "| majority class |" in block
+    assert "| rte |" not in block  # per-task columns stay on the page
+    _report_in(tmp_path, summary="README.md", data_dir=str(FIXTURES), check=True)
+    readme.write_text(text.replace("| lora |", "| LoRA |"))
+    with pytest.raises(ConfigError, match=r"check=true: rebuilding the report changes .*README.md"):
+        _report_in(tmp_path, summary="README.md", data_dir=str(FIXTURES), check=True)
+
+
+def _report_in(root: Path, **options) -> None:
+    """The report run from `root` with relative paths, as make study-page runs it from the repository."""
+    cwd = Path.cwd()
+    os.chdir(root)
+    try:
+        cfg = {"runs_dir": "runs", "out_dir": "out", **options}
+        report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), cfg))
+    finally:
+        os.chdir(cwd)
+
+
 def test_discussion_block_survives_regeneration(tmp_path):
     _grid(tmp_path / "runs")
     _report(tmp_path, figure_formats=[])

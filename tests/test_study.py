@@ -51,6 +51,7 @@ def page_cfg(check: bool):
             "title": "AoT P-Tuning on MiniLM: the study",
             "commands": ["make study-background STUDY_WORKERS=2"],
             "benchmarks": ["sweep"],
+            "summary": "README.md",
             "completed_only": True,
             "check": check,
         }
@@ -84,8 +85,9 @@ def test_every_committed_run_is_a_finished_job_of_its_sweep(folder):
 
 
 def test_the_page_is_rebuilt_exactly_from_the_committed_runs(monkeypatch):
-    """The generated part of docs/results/minilm.md and every CSV (the figures' data included) equal what
-    the committed results.json give now; the page says how many of the sweep's runs it was built from."""
+    """The generated part of docs/results/minilm.md, its summary in README.md and every CSV (the figures' data
+    included) equal what the committed results.json give now; both say how many of the sweep's runs they are
+    built from."""
     if not committed("runs"):
         assert not PAGE.exists(), "the page exists but no run of the study is committed"
         pytest.skip("no run of the study committed yet: nothing to build the page from")
@@ -95,6 +97,8 @@ def test_the_page_is_rebuilt_exactly_from_the_committed_runs(monkeypatch):
     report = build_report(page_cfg(check=True))  # raises ConfigError naming every file a rebuild would change
     text = PAGE.read_text()
     assert f"Built from {len(committed('runs'))} of the 168 runs of the sweep `study_minilm`" in text
+    readme = (ROOT / "README.md").read_text().split("<!-- summary of docs/results/minilm.md: begin -->")[1]
+    assert f"Built from {len(committed('runs'))} of the 168 runs of the sweep `study_minilm`" in readme
     assert report.coverage.done == len(committed("runs"))
 
 

@@ -100,6 +100,15 @@ def _benchmarks(names, sweep: Sweep | None) -> list[Benchmark]:
     return out
 
 
+def _check_summary(target: Path, page_path: Path) -> None:
+    """`summary=FILE`: FILE must hold the two marker lines the summary goes between."""
+    begin, end = page.summary_markers(page_path)
+    text = target.read_text() if target.is_file() else None
+    if text is None or begin not in text or end not in text.split(begin, 1)[1]:
+        where = "is not a file" if text is None else "has no block to fill"
+        raise ConfigError(f"summary={target} {where}: it needs the lines {begin} and {end} where the summary goes")
+
+
 def build(cfg: DictConfig) -> Report:
     runs_dir = Path(cfg.runs_dir)
     if not runs_dir.is_dir():
@@ -110,6 +119,8 @@ def build(cfg: DictConfig) -> Report:
         arguments = shlex.split(given) if isinstance(given, str) else list(given)
         sweep = load_sweep(cfg.sweep, arguments)
     benchmarks = _benchmarks(cfg.get("benchmarks", list(BENCHMARKS)), sweep)
+    if cfg.get("summary"):
+        _check_summary(Path(cfg.summary), Path(cfg.page) if cfg.get("page") else Path(cfg.out_dir) / "report.md")
     runs = read_runs(runs_dir)
     if cfg.get("completed_only"):
         runs = [r for r in runs if r.state not in UNFINISHED]
@@ -194,6 +205,9 @@ def outputs(report: Report, cfg: DictConfig, draw: bool = True) -> dict[Path, st
     texts = {out / name: text for name, text in files.items()}
     page_path = Path(cfg.page) if cfg.get("page") else out / "report.md"
     texts[page_path] = page.render(report, page_path, page_path.read_text() if page_path.is_file() else None)
+    if cfg.get("summary"):
+        target = Path(cfg.summary)
+        texts[target] = page.summary(report, page_path, target, target.read_text())
     return texts
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from aotpt.report.tables import (
     chosen_rows,
     chosen_text,
+    macro_markdown,
     main_markdown,
     md_table,
     pct,
@@ -44,6 +45,26 @@ def shown_path(path: str | Path) -> str:
     return path.as_posix()
 
 
+def summary_markers(page: Path) -> tuple[str, str]:
+    """The lines between which `summary=` writes a page's summary into another file (a README)."""
+    name = shown_path(page)
+    return f"<!-- summary of {name}: begin -->", f"<!-- summary of {name}: end -->"
+
+
+def summary(report, page: Path, target: Path, existing: str) -> str:
+    """`existing` (a README's text) with the block between `summary_markers(page)` replaced: how much of the sweep
+    the page is built from, the averaged scores and the macro figure, linked to the page."""
+    begin, end = summary_markers(page)
+    link = Path(os.path.relpath(page, target.parent)).as_posix()
+    parts = [f"{_built_from(report)}; every number, figure and run: [{shown_path(page)}]({link}).", ""]
+    parts += [macro_markdown(report).rstrip(), ""]
+    macro = report.out_dir / "figures" / "macro.png"
+    if "macro.png" in report.figures:
+        parts += [f"![macro scores]({Path(os.path.relpath(macro, target.parent)).as_posix()})", ""]
+    head, rest = existing.split(begin, 1)
+    return head + begin + "\n" + "\n".join(parts) + end + rest.split(end, 1)[1]
+
+
 def discussion(existing: str | None) -> str:
     """The hand-written block of an existing page (markers included), or a placeholder."""
     if existing and BEGIN in existing and END in existing.split(BEGIN, 1)[1]:
@@ -51,15 +72,18 @@ def discussion(existing: str | None) -> str:
     return BEGIN + PLACEHOLDER + END
 
 
-def _provenance(report) -> str:
-    states = Counter(r.state for r in report.runs)
-    where = f"`{shown_path(report.runs_dir)}`"
+def _built_from(report) -> str:
     if report.coverage:
         c = report.coverage
-        text = f"Built from {c.done} of the {c.jobs} runs of the sweep `{c.sweep}` ({len(report.runs)} results found"
-        text += f" under {where})."
-    else:
-        text = f"Built from {states['included']} of the {len(report.runs)} runs found under {where}."
+        return f"Built from {c.done} of the {c.jobs} runs of the sweep `{c.sweep}`"
+    used = sum(r.state == "included" for r in report.runs)
+    return f"Built from {used} of the {len(report.runs)} runs found under `{shown_path(report.runs_dir)}`"
+
+
+def _provenance(report) -> str:
+    states = Counter(r.state for r in report.runs)
+    text = _built_from(report)
+    text += f" ({len(report.runs)} results found under `{shown_path(report.runs_dir)}`)." if report.coverage else "."
     others = [f"{n} {state}" for state, n in sorted(states.items()) if state != "included"]
     if others:
         text += f" Not used: {', '.join(others)} (listed under [Runs not used](#runs-not-used))."

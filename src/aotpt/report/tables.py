@@ -164,6 +164,21 @@ def problems(report, backbone: str) -> list[str]:
     return lines
 
 
+def macro_markdown(report) -> str:
+    """The averaged columns alone (Macro, GLUE, SuperGLUE as asked), a table per backbone: the short version of the
+    main table that a README shows."""
+    tasks, benchmarks = _columns(report)
+    header = ["setup", "params %", *(b.label for b in benchmarks)]
+    parts = []
+    for backbone in report.selection.backbones:
+        rows = [[label, params, *(s.markdown() for s in scores[len(tasks) :])]
+                for label, params, scores in main_rows(report, backbone)]  # fmt: skip
+        if len(report.selection.backbones) > 1:
+            parts.append(f"**{backbone_title(report, backbone)}**\n")
+        parts += [md_table(header, rows), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
 def main_markdown(report) -> str:
     tasks, benchmarks = _columns(report)
     header = ["setup", "params %", *tasks, *(b.label for b in benchmarks)]
