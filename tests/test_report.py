@@ -258,6 +258,12 @@ def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_
     assert [line for line in runs_csv if "cola" in line][0].endswith(",3000.0,1,744034")
     assert "1 failed" in md and "ValueError: boom" in md and "make study" in md
     assert "majority class" in md and "## Pilot" in md and "![" in md
+    # the macro figure draws the majority class averaged like each benchmark column (its CSV holds the line)
+    majority_row = next(line for line in md.splitlines() if line.startswith("| majority class |"))
+    glue_majority = majority_row.split("|")[-3].split()[0]  # the GLUE column: "<mean> (k/n)"
+    figure_rows = (tmp_path / "a" / "figures" / "macro.csv").read_text().splitlines()
+    assert any(r.startswith("minilm,majority class,glue,") and f"{float(r.split(',')[3]):.1f}" == glue_majority
+               for r in figure_rows), (glue_majority, figure_rows)  # fmt: skip
     # check=true rebuilds in memory and names what would change; the discussion block is not generated
     checked = {**options, "out_dir": "a", "check": True}
     page = tmp_path / "a" / "report.md"

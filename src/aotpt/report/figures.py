@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from aotpt.report.select import setup_order
-from aotpt.report.tables import csv_text, pct
+from aotpt.report.tables import csv_text, majority_score, pct
 
 PALETTE = [
     "#1f77b4",
@@ -97,6 +97,12 @@ def macro_figure(report, sink: Sink) -> None:
                 color=[color(s) for s in sel.setups if sel.macro(backbone, s, benchmark)],
                 edgecolor="black",
             )
+        for j, benchmark in enumerate(benchmarks):  # what a constant prediction scores, averaged the same way
+            majority = majority_score(report, sel.benchmark(benchmark))
+            if majority.mean is not None:
+                label = f"majority class{f' ({sel.benchmark(benchmark).label})' if len(benchmarks) > 1 else ''}"
+                ax.axhline(100 * majority.mean, color="black", linestyle=("--", ":")[j % 2], linewidth=1, label=label)
+                rows.append([backbone, "majority class", benchmark, pct(majority.mean, 3), "", "", ""])
         ax.set_xticks(range(len(sel.setups)), sel.setups, rotation=30, ha="right")
         ax.set_title(backbone)
         ax.set_ylabel("dev score (%)")

@@ -103,7 +103,7 @@ def _count(done: int, of: int) -> str:
     return "" if done == of else f"({done}/{of})"
 
 
-def _majority(report, benchmark: Benchmark) -> Score:
+def majority_score(report, benchmark: Benchmark) -> Score:
     tasks = [t for t in report.selection.tasks if t in benchmark.tasks and t in report.majority]
     if not tasks:
         return Score()
@@ -138,7 +138,7 @@ def main_rows(report, backbone: str) -> list[tuple[str, str, list[Score]]]:
     rows = []
     if report.majority:
         scores = [Score(report.majority[t]["score"]) if t in report.majority else Score() for t in tasks]
-        rows.append(("majority class", "", scores + [_majority(report, b) for b in benchmarks]))
+        rows.append(("majority class", "", scores + [majority_score(report, b) for b in benchmarks]))
     for setup in report.selection.setups:
         scores = _setup_scores(report, backbone, setup, tasks, benchmarks)
         if any(sc.mean is not None or sc.marked for sc in scores):
