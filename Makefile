@@ -65,17 +65,21 @@ report:  ## tables, figures and a page from run folders: make report RUNS=logs/m
 STUDY := docs/results/minilm
 STUDY_SEEDS ?= 1 2 3
 STUDY_ARGS ?=
-# Runs trained at once, each with cores/N threads, all walking the same job list: a job another
-# worker holds is locked, so the next one is taken. On this 2-core CPU two one-thread workers train
-# about 1.5x the runs per hour of one two-thread process (docs/results/minilm.md says what was used).
+# STUDY_WORKERS=N: N runs trained at once, each with cores/N threads (at least 1), all walking the same job
+# list: a job another worker trains is locked (its folder's .lock), so a worker passes over it to the next.
+# On this 2-core CPU two one-thread workers train about 1.5x the runs per hour of one two-thread process.
 # STUDY_STAGGER: seconds between the workers' starts.
 STUDY_WORKERS ?= 1
 STUDY_STAGGER ?= 5
+# The study's jobs (the pilot's too: study_minilm_pilot) carry STUDY_ENV, by which study-stop finds them.
+STUDY_JOBS := aotpt.train -m --config-dir sweeps --config-name study_minilm
+STUDY_ENV = AOTPT_STUDY=$(abspath $(STUDY))
 
 study: study-pilot  ## the MiniLM study (issue #15): the pilot, then the grid seed by seed; finished runs are skipped; STUDY_WORKERS=2 trains two at once
 	@rm -f $(STUDY)/.study-stop
 	@if [ $(STUDY_WORKERS) -gt 1 ]; then \
-		threads=$$(( ($$(nproc) + $(STUDY_WORKERS) - 1) / $(STUDY_WORKERS) )); \
+		trap 'echo "stopping the workers"; $(MAKE) --no-print-directory study-stop > /dev/null; wait; exit 130' INT TERM; \
+		threads=$$(( $$(env -u OMP_NUM_THREADS nproc) / $(STUDY_WORKERS) )); [ $$threads -ge 1 ] || threads=1; \
 		for w in $$(seq $(STUDY_WORKERS)); do \
 			echo "worker $$w: $$threads thread(s), log $(STUDY)/study-worker$$w.log"; \
 			OMP_NUM_THREADS=$$threads $(MAKE) --no-print-directory study-grid STUDY_KEEP_GOING=1 \
@@ -89,43 +93,64 @@ study: study-pilot  ## the MiniLM study (issue #15): the pilot, then the grid se
 	$(MAKE) --no-print-directory study-grid
 
 study-pilot:  ## the study's pilot (sweeps/study_minilm_pilot.yaml); `make study` runs it first
-	AOTPT_STUDY=$(abspath $(STUDY)) $(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name study_minilm_pilot data_dir=$(DATA_DIR)
+	$(STUDY_ENV) $(BIN)/python -m $(STUDY_JOBS)_pilot data_dir=$(DATA_DIR)
 
 study-grid:  ## the grid, seed by seed (study and its workers call it); STUDY_KEEP_GOING=1 passes over failed jobs
-	@export AOTPT_STUDY=$(abspath $(STUDY)); for seed in $(STUDY_SEEDS); do \
+	@export $(STUDY_ENV); for seed in $(STUDY_SEEDS); do \
 		[ ! -e $(STUDY)/.study-stop ] || { echo "stopped (make study-stop)"; exit 130; }; \
-		$(BIN)/python -m aotpt.train -m --config-dir sweeps --config-name study_minilm data_dir=$(DATA_DIR) \
-			seed=$$seed $(STUDY_ARGS) || { status=$$?; \
+		$(BIN)/python -m $(STUDY_JOBS) data_dir=$(DATA_DIR) seed=$$seed $(STUDY_ARGS) || { status=$$?; \
 			[ -n "$(STUDY_KEEP_GOING)" ] && [ $$status -ne 130 ] && [ ! -e $(STUDY)/.study-stop ] || exit $$status; }; \
 	done
 
-study-background:  ## `make study` under nohup; every finished run's results.json is committed as it lands
-	rm -f $(STUDY)/.study-stop $(STUDY)/.study-done
-	nohup sh -c '$(MAKE) study STUDY_ARGS="$(STUDY_ARGS)" STUDY_WORKERS=$(STUDY_WORKERS); touch $(STUDY)/.study-done' > $(STUDY)/study.log 2>&1 &
-	nohup sh -c 'until [ -e $(STUDY)/.study-done ]; do sleep 300; $(MAKE) study-commit; done; $(MAKE) study-commit; rm -f $(STUDY)/.study-done' \
-		> $(STUDY)/commit.log 2>&1 &
+study-background:  ## `make study` under nohup, and a loop that commits each finished run's results.json every 5 minutes
+	@if [ -e $(STUDY)/.study-pid ] && kill -0 $$(cat $(STUDY)/.study-pid) 2>/dev/null; then \
+		echo "error: a study of this checkout runs (pid $$(cat $(STUDY)/.study-pid)); make study-stop first" >&2; exit 1; fi
+	rm -f $(STUDY)/.study-stop
+	nohup sh -c 'echo $$$$ > $(STUDY)/.study-pid; \
+		$(MAKE) study STUDY_ARGS="$(STUDY_ARGS)" STUDY_WORKERS=$(STUDY_WORKERS) > $(STUDY)/study.log 2>&1 & study=$$!; \
+		n=0; while kill -0 $$study 2>/dev/null; do sleep 10; n=$$((n + 1)); [ $$((n % 30)) -ne 0 ] || $(MAKE) study-commit; done; \
+		$(MAKE) study-commit' > $(STUDY)/commit.log 2>&1 &
+	@echo "study: $(STUDY)/study.log (workers: $(STUDY)/study-worker*.log), commits: $(STUDY)/commit.log; stop: make study-stop"
 
-STUDY_JOBS := aotpt.train -m --config-dir sweeps --config-name study_minilm
+study-stop:  ## stop this checkout's study (pilot, grid, workers): a running job ends as interrupted and the next launch resumes it
+	@touch $(STUDY)/.study-stop; sent=; idle=0; \
+	for i in $$(seq 1200); do \
+		left=$$(grep -lxzF '$(STUDY_ENV)' /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3); \
+		if [ -z "$$left" ]; then idle=$$((idle + 1)); [ $$idle -lt 3 ] || break; sleep 0.5; continue; fi; idle=0; \
+		for pid in $$left; do \
+			args=$$(ps -o args= -p $$pid) && parent=$$(ps -o args= -p $$(ps -o ppid= -p $$pid)) || continue; \
+			exe=$${args%% *}; pexe=$${parent%% *}; \
+			case "$${exe##*/}" in python*) ;; *) continue;; esac; \
+			case "$${pexe##*/}" in python*) continue;; esac; \
+			case " $$sent " in *" $$pid "*) continue;; esac; \
+			kill -TERM $$pid 2>/dev/null && sent="$$sent $$pid" && echo "SIGTERM to $$pid: $$args"; \
+		done; \
+		sleep 0.5; \
+	done; \
+	[ -z "$$left" ] || { echo "error: still running after 10 minutes: $$left" >&2; exit 1; }; \
+	if [ -e $(STUDY)/.study-pid ] && kill -0 $$(cat $(STUDY)/.study-pid) 2>/dev/null; then \
+		echo "waiting for the commit loop's last commit"; \
+		while kill -0 $$(cat $(STUDY)/.study-pid) 2>/dev/null; do sleep 1; done; \
+	fi; \
+	echo "stopped: nothing of $(STUDY)'s study runs"
 
-study-stop:  ## stop this checkout's background study: running jobs end as interrupted (the next launch resumes them)
-	touch $(STUDY)/.study-stop
-	@for pid in $$(pgrep -f -- '$(STUDY_JOBS)'); do \
-		tr '\0' '\n' < /proc/$$pid/environ 2>/dev/null | grep -qxF 'AOTPT_STUDY=$(abspath $(STUDY))' || continue; \
-		args=$$(ps -o args= -p $$pid) && parent=$$(ps -o args= -p $$(ps -o ppid= -p $$pid)) || continue; \
-		case "$${args%% *}" in *python*) ;; *) continue;; esac; \
-		case "$${parent%% *}" in *python*) continue;; esac; \
-		kill -TERM $$pid && echo "SIGTERM to $$pid: $$args"; \
-	done; true
+# README.md without the study's summary block (the part study-commit never commits)
+README_SANS_SUMMARY := sed '\%^<!-- summary of $(STUDY).md: begin -->$$%,\%^<!-- summary of $(STUDY).md: end -->$$%d'
 
-study-commit:  ## commit the study's newly completed runs (results.json only) with the page rebuilt from them
+study-commit:  ## commit the study's newly completed runs (results.json only) with the page and README summary rebuilt from them
 	@done=$$(grep -l '"status": "completed"' $$(find $(STUDY)/runs $(STUDY)/pilot -name results.json 2>/dev/null) /dev/null); \
 	new=$$([ -z "$$done" ] || git ls-files --others --exclude-standard --modified -- $$done); \
 	if [ -n "$$new" ]; then \
-		git add -- $$new; \
+		paths="$$new"; \
 		if echo "$$done" | grep -q "^$(STUDY)/runs/"; then \
-			$(MAKE) --no-print-directory study-page > /dev/null && git add -- $(STUDY).md $(STUDY)/report.* $(STUDY)/tables $(STUDY)/figures README.md; \
+			$(MAKE) --no-print-directory study-page > /dev/null || exit 1; \
+			paths="$$paths $(STUDY).md $(STUDY)/report.tex $(STUDY)/report.json $(STUDY)/tables $(STUDY)/figures"; \
+			if [ "$$(git show HEAD:README.md | $(README_SANS_SUMMARY))" = "$$($(README_SANS_SUMMARY) README.md)" ]; then \
+				paths="$$paths README.md"; \
+			else echo "README.md has edits outside the study's summary: left out of this commit" >&2; fi; \
 		fi; \
-		git commit -q -m "study: $$(echo $$new | wc -w) finished run(s)" && echo "committed $$new"; \
+		paths=$$(for p in $$paths; do [ -e $$p ] && echo $$p; done); \
+		git add -- $$paths && git commit -q -m "study: $$(echo $$new | wc -w) finished run(s)" -- $$paths && echo "committed $$new"; \
 	fi
 
 study-page:  ## docs/results/minilm.md from the committed runs, and its summary in README.md

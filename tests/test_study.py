@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -140,32 +142,75 @@ def _runs(tmp_path: Path) -> dict[str, dict]:
     }
 
 
+def _study_processes(tmp_path: Path) -> list[int]:
+    """The processes started with this study's AOTPT_STUDY (its jobs and their loader workers)."""
+    mark = f"AOTPT_STUDY={tmp_path}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0"):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_for_two_training(tmp_path: Path, proc: subprocess.Popen, log: Path, since: dict[str, int]) -> None:
+    """Until two runs are training at once: status running, with a dev epoch recorded since `since` was taken."""
+    deadline = time.monotonic() + 300
+    while True:
+        runs = _runs(tmp_path)
+        training = [n for n, r in runs.items() if r["status"] == "running" and len(r["epochs"]) > since.get(n, 0)]
+        if len(training) >= 2:
+            return
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the two workers never trained at the same time"
+        time.sleep(0.05)
+
+
+def _decoy(study: str) -> subprocess.Popen:
+    """A process with the study jobs' command line under a shell (as make starts them) and AOTPT_STUDY=study."""
+    script = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(120)' {STUDY_JOBS}; :"
+    return subprocess.Popen(["sh", "-c", script], env={**os.environ, "AOTPT_STUDY": study}, start_new_session=True)
+
+
 @pytest.mark.slow
-def test_two_study_workers_share_the_grid_and_study_stop_interrupts_them(tmp_path):
-    """`make study STUDY_WORKERS=2`: both workers train at once (one thread each) on different jobs of one list;
-    `make study-stop` ends both running jobs as interrupted and starts nothing new; the next `make study`
-    resumes them and finishes every job, each trained in one folder."""
+def test_two_study_workers_share_the_grid_and_stop_with_study_stop_or_ctrl_c(tmp_path):
+    """`make study STUDY_WORKERS=2`: both workers train at once (one thread each) on different jobs of one list.
+    `make study-stop` stops this study's jobs (theirs only) and returns once none is left; Ctrl-C on `make study`
+    does the same; the running jobs end as interrupted, and the next `make study` resumes them and finishes
+    every job, each trained in one folder."""
     log = tmp_path / "study.log"
     with open(log, "w") as out:
         proc = _study(tmp_path, "study", stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 300
-        while len(list(tmp_path.glob("docs/results/minilm/runs/*/*/checkpoints/last.ckpt"))) < 2:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the two workers never trained at the same time"
-            time.sleep(0.05)
-        # another checkout's study: a process of the same command line with another AOTPT_STUDY is left alone
-        other = {**os.environ, "AOTPT_STUDY": "/elsewhere"}
-        decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", STUDY_JOBS], env=other)
+        _wait_for_two_training(tmp_path, proc, log, since={})
+        other, ours = _decoy("/elsewhere"), _decoy(str(tmp_path))  # another checkout's study, and one of ours
+        time.sleep(0.5)
         stop = subprocess.run(["make", "--no-print-directory", "study-stop", f"STUDY={tmp_path}"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
-        assert stop.returncode == 0 and stop.stdout.count("SIGTERM to ") == 2, stop.stdout + stop.stderr
-        assert proc.wait(timeout=120) != 0
-        assert decoy.poll() is None, "make study-stop stopped another checkout's study"
-        decoy.kill()
-    assert "stopped (make study-stop)" in log.read_text()
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert stop.returncode == 0 and stop.stdout.count("SIGTERM to ") == 3, stop.stdout + stop.stderr
+        assert proc.wait(timeout=60) != 0 and ours.wait(timeout=10) is not None
+        assert other.poll() is None, "make study-stop stopped another checkout's study"
+        os.killpg(other.pid, signal.SIGKILL)
+    assert "stopped (make study-stop)" in log.read_text() and not _study_processes(tmp_path)
     runs = _runs(tmp_path)
     assert sorted(r["status"] for r in runs.values()) == ["interrupted", "interrupted"], log.read_text()[-3000:]
     interrupted = set(runs)
+
+    # Ctrl-C in the terminal: SIGINT to make's whole foreground process group (the workers ignore it)
+    epochs = {name: len(r["epochs"]) for name, r in runs.items()}
+    with open(log, "w") as out:
+        proc = _study(tmp_path, "study", stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        _wait_for_two_training(tmp_path, proc, log, since=epochs)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    deadline = time.monotonic() + 120
+    while _study_processes(tmp_path):
+        assert time.monotonic() < deadline, f"left running after Ctrl-C: {_study_processes(tmp_path)}"
+        time.sleep(0.2)
+    assert "stopping the workers" in log.read_text()
+    after = sorted(r["status"] for r in _runs(tmp_path).values())  # the two that were training: interrupted
+    assert after.count("interrupted") == 2 and set(after) <= {"interrupted", "completed"}, after
 
     proc = _study(tmp_path, "study", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = proc.communicate(timeout=600)
@@ -174,6 +219,6 @@ def test_two_study_workers_share_the_grid_and_study_stop_interrupts_them(tmp_pat
     assert len(runs) == 4 and all(r["status"] == "completed" for r in runs.values())
     assert all(r["machine"]["threads"] == 1 for r in runs.values())
     worker_logs = "".join((tmp_path / f"study-worker{w}.log").read_text() for w in (1, 2))
-    assert sum("resuming from" in line and any(i in line for i in interrupted)
-               for line in worker_logs.splitlines()) == 2  # fmt: skip
+    resumed = {name for name in interrupted if f"resuming from {tmp_path}" in worker_logs and name in worker_logs}
+    assert resumed == interrupted
     assert [e["epoch"] for r in runs.values() for e in r["epochs"]] == list(range(20)) * 4

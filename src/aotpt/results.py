@@ -6,9 +6,10 @@ resolved config; `identity` (the settings that can change results, see
 (the same without the seed: one setup's seeds share it); parameter counts;
 dev metrics per epoch; the best epoch and its scores; `metrics`, every value
 logged at the end (what a finished run returns to a sweeper for any
-`optimized_metric`); wall time over all attempts of the run, and `machine`: the CPU,
-its cores, torch's thread count and version of the attempt that wrote the file (wall times
-are comparable only beside it; runs trained two at a time on 2 cores take one thread each).
+`optimized_metric`); wall time over all attempts of the run, and `machine`
+(`aotpt.hardware.machine`: CPU, cores, torch's threads and version, GPUs) of the attempt
+that wrote the file last: wall times are comparable only beside it (a run resumed on
+another machine adds both attempts' time under the last one's record).
 
 Written after every dev evaluation and once more when the run ends (also on
 failure), always atomically, and only by global rank 0. Under ddp_spawn the
@@ -19,41 +20,18 @@ one `reload()`s them from the file before it writes the end of the run.
 from __future__ import annotations
 
 import json
-import os
 import time
-from functools import cache
 from pathlib import Path
 
 import lightning as L
-import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from aotpt.atomic import write_json_atomic
+from aotpt.hardware import machine
 from aotpt.identity import group_id, run_id
 from aotpt.rundir import is_global_zero
 
 INTERRUPTS = (KeyboardInterrupt, SIGTERMException)  # Ctrl-C, and SLURM's SIGTERM before it kills a job
-
-
-@cache
-def cpu_model() -> str:
-    """The CPU's model name as Linux reports it (/proc/cpuinfo), else the platform's word for it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
-
-
-def machine() -> dict:
-    """What this attempt ran on: enough to read its wall time against another run's."""
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "gpu": gpu,
-            "torch": torch.__version__}  # fmt: skip
 
 
 class ResultsWriter(L.Callback):

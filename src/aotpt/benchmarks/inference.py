@@ -18,7 +18,6 @@ batch of T tasks gives its rows tasks 0..T-1 in turn.
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 
@@ -36,6 +35,7 @@ from aotpt.benchmarks.serving import zipf_batches
 from aotpt.benchmarks.timing import fixed_threads, interleaved, paired_ratios, spread
 from aotpt.cli import log
 from aotpt.errors import ConfigError, choices
+from aotpt.hardware import cpu_model
 from aotpt.methods.aot.artifact import DTYPES as TABLE_DTYPES
 from aotpt.serving import DTYPES, MODES
 
@@ -228,7 +228,7 @@ def _run(cfg: DictConfig, device: torch.device, threads: int) -> dict:
     result = {
         "suite": "inference",
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if on_gpu else cpu_model(),
         "torch_threads": threads,
         "torch_version": torch.__version__,
         "model": cfg.model.name,

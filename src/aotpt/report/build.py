@@ -22,10 +22,9 @@ from aotpt.cli import CONF_DIR
 from aotpt.errors import ConfigError
 from aotpt.report import figures, page, tables
 from aotpt.report.baseline import majority_scores
-from aotpt.report.coverage import Coverage, cover
+from aotpt.report.coverage import Coverage, cover, sweep_cells
 from aotpt.report.runs import Run, read_runs
 from aotpt.report.select import (
-    BENCHMARKS,
     Benchmark,
     PilotRow,
     Selection,
@@ -36,6 +35,7 @@ from aotpt.report.select import (
 )
 from aotpt.sweeps import Sweep, load_sweep
 from aotpt.tasks import TASKS
+from aotpt.tasks.spec import BENCHMARKS
 
 UNFINISHED = ("running", "interrupted", "failed")  # states `completed_only=true` leaves out
 
@@ -95,8 +95,7 @@ def _benchmarks(names, sweep: Sweep | None) -> list[Benchmark]:
             raise ConfigError(
                 "benchmarks=[sweep] needs sweep=<a sweeps/*.yaml name>: the macro score is over its tasks"
             )
-        tasks = [dict(o.split("=", 1) for o in job).get("task", sweep.defaults["task"]) for job in sweep.jobs]
-        out.append(sweep_benchmark([t for t in tasks if t in TASKS]))
+        out.append(sweep_benchmark([task for _, _, task in sweep_cells(sweep) if task in TASKS]))
     return out
 
 

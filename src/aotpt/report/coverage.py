@@ -73,6 +73,12 @@ def _job(job: list[str], parser: OverridesParser, sweep: Sweep) -> tuple[dict, t
     return checks, (chosen["model"], setup, chosen["task"])
 
 
+def sweep_cells(sweep: Sweep) -> list[tuple[str, str, str]]:
+    """(model, setup, task) of each of the sweep's jobs, as `cover` matches runs to them."""
+    parser = OverridesParser.create()
+    return [_job(job, parser, sweep)[1] for job in sweep.jobs]
+
+
 def cover(runs: list[Run], sweep: Sweep) -> tuple[list[Run], Coverage]:
     """The runs, those outside the sweep excluded, and how many of its jobs have an included run."""
     parser = OverridesParser.create()

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from aotpt.report.select import setup_order
-from aotpt.report.tables import csv_text, majority_score, pct
+from aotpt.report.tables import csv_text, majority_score, majority_tasks, pct
 
 PALETTE = [
     "#1f77b4",
@@ -98,11 +98,14 @@ def macro_figure(report, sink: Sink) -> None:
                 edgecolor="black",
             )
         for j, benchmark in enumerate(benchmarks):  # what a constant prediction scores, averaged the same way
-            majority = majority_score(report, sel.benchmark(benchmark))
-            if majority.mean is not None:
-                label = f"majority class{f' ({sel.benchmark(benchmark).label})' if len(benchmarks) > 1 else ''}"
+            bench = sel.benchmark(benchmark)
+            majority = majority_score(report, bench)
+            if majority.mean is not None:  # over the tasks that have one (STS-B has no majority class)
+                label = ", ".join(filter(None, [bench.label if len(benchmarks) > 1 else "", majority.count]))
+                label = f"majority class ({label})" if label else "majority class"
                 ax.axhline(100 * majority.mean, color="black", linestyle=("--", ":")[j % 2], linewidth=1, label=label)
-                rows.append([backbone, "majority class", benchmark, pct(majority.mean, 3), "", "", ""])
+                done = len(majority_tasks(report, bench))
+                rows.append([backbone, "majority class", benchmark, pct(majority.mean, 3), "", done, len(bench.tasks)])
         ax.set_xticks(range(len(sel.setups)), sel.setups, rotation=30, ha="right")
         ax.set_title(backbone)
         ax.set_ylabel("dev score (%)")

@@ -211,8 +211,8 @@ def render(report, page: Path, existing: str | None) -> str:
     used = sum(r.state == "included" for r in report.runs)
     sections += [
         "## All runs",
-        f"<details><summary>The {used} runs of the selection (minutes: wall time per run; threads: torch's CPU "
-        "threads, two one-thread runs sharing 2 cores)</summary>\n\n" + _all_runs(report) + "\n\n</details>",
+        f"<details><summary>The {used} runs of the selection (minutes: wall time per run; threads: torch's "
+        "CPU threads, as recorded in results.json)</summary>\n\n" + _all_runs(report) + "\n\n</details>",
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -223,7 +223,7 @@ def report_command(options: dict, defaults: dict) -> str:
     for key, given in options.items():
         if key in ("commands", "check") or given == defaults.get(key) or given in (None, [], ""):
             continue
-        if key.endswith("_dir") or key == "page":
+        if key.endswith("_dir") or key in ("page", "summary"):
             given = shown_path(given)
         text = f"[{','.join(map(str, given))}]" if isinstance(given, list) else str(given)
         parts.append(shlex.quote(f"{key}={text}"))

@@ -28,8 +28,8 @@ from typing import Any
 from aotpt.methods import METHODS, REPARAMS
 from aotpt.report.runs import Run
 from aotpt.tasks import TASKS, benchmark_tasks
+from aotpt.tasks.spec import BENCHMARKS
 
-BENCHMARKS = ("glue", "superglue")
 UNFINISHED = ("failed", "interrupted", "running")
 
 

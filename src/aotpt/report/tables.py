@@ -103,8 +103,13 @@ def _count(done: int, of: int) -> str:
     return "" if done == of else f"({done}/{of})"
 
 
+def majority_tasks(report, benchmark: Benchmark) -> list[str]:
+    """The benchmark's tasks in the report that have a majority-class score (STS-B, a regression, has none)."""
+    return [t for t in report.selection.tasks if t in benchmark.tasks and t in report.majority]
+
+
 def majority_score(report, benchmark: Benchmark) -> Score:
-    tasks = [t for t in report.selection.tasks if t in benchmark.tasks and t in report.majority]
+    tasks = majority_tasks(report, benchmark)
     if not tasks:
         return Score()
     mean = statistics.fmean(report.majority[t]["score"] for t in tasks)
