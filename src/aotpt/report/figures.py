@@ -85,6 +85,10 @@ def macro_figure(report, sink: Sink) -> None:
                     stds.append(100 * m.std)
                     of = len(m.tasks) + len(m.missing)
                     rows.append([backbone, setup, benchmark, pct(m.mean, 3), pct(m.std, 3), len(m.tasks), of])
+                    if len(m.tasks) < of:  # an average over fewer tasks than the others may have: say so on the bar
+                        where = (xs[-1], means[-1] + stds[-1])
+                        ax.annotate(f"{len(m.tasks)}/{of}", where, xytext=(0, 2), textcoords="offset points",
+                                    ha="center", va="bottom", fontsize="x-small")  # fmt: skip
             hatch = None if j == 0 else "//"
             ax.bar(
                 xs,
@@ -101,14 +105,16 @@ def macro_figure(report, sink: Sink) -> None:
             bench = sel.benchmark(benchmark)
             majority = majority_score(report, bench)
             if majority.mean is not None:  # over the tasks that have one (STS-B has no majority class)
-                label = ", ".join(filter(None, [bench.label if len(benchmarks) > 1 else "", majority.count]))
+                done = len(majority_tasks(report, bench))
+                count = f"{done}/{len(bench.tasks)} tasks" if done < len(bench.tasks) else ""
+                label = ", ".join(filter(None, [bench.label if len(benchmarks) > 1 else "", count]))
                 label = f"majority class ({label})" if label else "majority class"
                 ax.axhline(100 * majority.mean, color="black", linestyle=("--", ":")[j % 2], linewidth=1, label=label)
-                done = len(majority_tasks(report, bench))
                 rows.append([backbone, "majority class", benchmark, pct(majority.mean, 3), "", done, len(bench.tasks)])
         ax.set_xticks(range(len(sel.setups)), sel.setups, rotation=30, ha="right")
         ax.set_title(backbone)
         ax.set_ylabel("dev score (%)")
+        ax.margins(y=0.1)  # room for the k/n labels
         ax.legend(fontsize="small")
     sink.add(fig, "macro", ["backbone", "setup", "benchmark", "score", "std", "tasks", "of"], rows)
 
