@@ -168,6 +168,64 @@ def _wait_for_two_training(tmp_path: Path, proc: subprocess.Popen, log: Path, si
         time.sleep(0.05)
 
 
+def _jobs(tmp_path: Path) -> list[int]:
+    """This study's job processes as make study-stop finds them: python, not started by python."""
+    found = []
+    for pid in _study_processes(tmp_path):
+        try:
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            exe, parent = (Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0].decode() for p in (pid, ppid))
+        except (OSError, ValueError, IndexError):
+            continue
+        if Path(exe).name.startswith("python") and not Path(parent).name.startswith("python"):
+            found.append(pid)
+    return found
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _freeze_two_training(tmp_path: Path, proc: subprocess.Popen, log: Path, since: dict[str, int]):
+    """Waits until two runs train at once and stops (SIGSTOP) this study's two jobs while both runs are at least
+    two epochs from their end (CB: 20), so that neither can finish before the stop reaches it: the test must not
+    depend on how fast this machine trains. Returns the frozen pids and the names of the two runs."""
+    while True:
+        _wait_for_two_training(tmp_path, proc, log, since)
+        pids = _jobs(tmp_path)
+        _signal(pids, signal.SIGSTOP)
+        runs = _runs(tmp_path)
+        training = {n for n, r in runs.items() if r["status"] == "running" and len(r["epochs"]) > since.get(n, 0)}
+        if len(pids) == 2 and len(training) == 2 and all(len(runs[n]["epochs"]) <= 18 for n in training):
+            return pids, training
+        _signal(pids, signal.SIGCONT)  # one is about to finish: let it, and wait for the next pair
+        time.sleep(0.2)
+
+
+def _thaw_when_terminated(pids: list[int]) -> None:
+    """SIGCONT once each frozen job has a SIGTERM pending (/proc/PID/status), i.e. the stop has reached it."""
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            pending = []
+            for pid in pids:
+                try:
+                    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+                except OSError:
+                    continue
+                masks = [int(line.split()[1], 16) for line in status if line.startswith(("SigPnd:", "ShdPnd:"))]
+                pending.append(any(m & (1 << (signal.SIGTERM - 1)) for m in masks))
+            if all(pending) or time.monotonic() > deadline:
+                return
+            time.sleep(0.05)
+    finally:
+        _signal(pids, signal.SIGCONT)
+
+
 def _decoy(study: str) -> subprocess.Popen:
     """A process with the study jobs' command line under a shell (as make starts them) and AOTPT_STUDY=study."""
     script = f"{shlex.quote(sys.executable)} -c 'import time; time.sleep(120)' {STUDY_JOBS}; :"
@@ -183,34 +241,39 @@ def test_two_study_workers_share_the_grid_and_stop_with_study_stop_or_ctrl_c(tmp
     log = tmp_path / "study.log"
     with open(log, "w") as out:
         proc = _study(tmp_path, "study", stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for_two_training(tmp_path, proc, log, since={})
+        frozen, training = _freeze_two_training(tmp_path, proc, log, since={})
         other, ours = _decoy("/elsewhere"), _decoy(str(tmp_path))  # another checkout's study, and one of ours
         time.sleep(0.5)
-        stop = subprocess.run(["make", "--no-print-directory", "study-stop", f"STUDY={tmp_path}"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)  # fmt: skip
-        assert stop.returncode == 0 and stop.stdout.count("SIGTERM to ") == 3, stop.stdout + stop.stderr
+        stop = subprocess.Popen(["make", "--no-print-directory", "study-stop", f"STUDY={tmp_path}"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        _thaw_when_terminated(frozen)
+        out, _ = stop.communicate(timeout=300)
+        assert stop.returncode == 0 and out.count("SIGTERM to ") == 3, out
         assert proc.wait(timeout=60) != 0 and ours.wait(timeout=10) is not None
         assert other.poll() is None, "make study-stop stopped another checkout's study"
         os.killpg(other.pid, signal.SIGKILL)
     assert "stopped (make study-stop)" in log.read_text() and not _study_processes(tmp_path)
-    runs = _runs(tmp_path)
-    assert sorted(r["status"] for r in runs.values()) == ["interrupted", "interrupted"], log.read_text()[-3000:]
-    interrupted = set(runs)
+    runs = _runs(tmp_path)  # the two that were training: interrupted; one that finished before them: completed
+    assert {n: r["status"] for n, r in runs.items() if n in training} == dict.fromkeys(training, "interrupted")
+    assert {r["status"] for n, r in runs.items() if n not in training} <= {"completed"}, log.read_text()[-3000:]
+    interrupted = training
 
     # Ctrl-C in the terminal: SIGINT to make's whole foreground process group (the workers ignore it)
     epochs = {name: len(r["epochs"]) for name, r in runs.items()}
     with open(log, "w") as out:
         proc = _study(tmp_path, "study", stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_for_two_training(tmp_path, proc, log, since=epochs)
+        frozen, training = _freeze_two_training(tmp_path, proc, log, since=epochs)
         os.killpg(proc.pid, signal.SIGINT)
+        _thaw_when_terminated(frozen)
         proc.wait(timeout=120)
     deadline = time.monotonic() + 120
     while _study_processes(tmp_path):
         assert time.monotonic() < deadline, f"left running after Ctrl-C: {_study_processes(tmp_path)}"
         time.sleep(0.2)
     assert "stopping the workers" in log.read_text()
-    after = sorted(r["status"] for r in _runs(tmp_path).values())  # the two that were training: interrupted
-    assert after.count("interrupted") == 2 and set(after) <= {"interrupted", "completed"}, after
+    after = {n: r["status"] for n, r in _runs(tmp_path).items()}  # the two that were training: interrupted
+    assert {n: after[n] for n in training} == dict.fromkeys(training, "interrupted") and set(after.values()) <= {
+        "interrupted", "completed"}, after  # fmt: skip
 
     proc = _study(tmp_path, "study", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     out, _ = proc.communicate(timeout=600)
