@@ -205,6 +205,26 @@ def test_incomplete_grids_are_marked_and_half_finished_configs_cannot_win(tmp_pa
     assert glue.incomplete == ["rte"] and not glue.complete
 
 
+def test_incomplete_cells_are_explained_once_per_reason_not_once_per_cell(tmp_path):
+    """A grid with one seed of three in marks every cell for the same reason: the table says so in one line
+    (a study's page had 56 identical footnotes), and a reason of some cells names them per setup."""
+    from aotpt.report.tables import problems
+
+    runs = tmp_path / "runs"
+    for task in ("rte", "mrpc", "cb"):
+        for method in (AOT, LORA):
+            for seed in (1, 2, 3):
+                fake_run(runs, task, seed, 0.6, method=method)
+            fake_run(runs, task, 1, 0.5, method=method, lr=5e-3)  # a second config, one seed of three in
+    reason = "1 of 2 configs have fewer than 3 seeds"
+    assert problems(_report(tmp_path, benchmarks=[]), "minilm") == [f"every cell: {reason}"]
+
+    for seed in (2, 3):  # AoT's second config finished on RTE
+        fake_run(runs, "rte", seed, 0.5, lr=5e-3)
+    expected = f"aot/kron on mrpc, cb; lora on every task: {reason}"
+    assert problems(_report(tmp_path, benchmarks=[]), "minilm") == [expected]
+
+
 def test_registry_names_never_class_names(tmp_path):
     fake_run(tmp_path, "rte", 1, 0.6, method=PTV2)
     legacy = {"_target_": "aotpt.methods.ptuning_v2.PtuningV2Config", "length": 20}  # first results format

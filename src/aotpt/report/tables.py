@@ -153,19 +153,31 @@ def main_rows(report, backbone: str) -> list[tuple[str, str, list[Score]]]:
 
 
 def problems(report, backbone: str) -> list[str]:
-    """Why cells of this backbone are marked: one line per cell, one per set of missing benchmark tasks."""
-    lines = [
-        f"{cell.setup} on {cell.task}: {'; '.join(cell.problems)}"
-        for cell in report.selection.cells
-        if cell.backbone == backbone and cell.problems
-    ]
+    """Why cells of this backbone are marked: one line per reason naming its cells ("every cell", or per setup
+    "on every task" or its tasks), so a grid with one seed of three in says so once, not once per cell; then one
+    line per set of missing benchmark tasks."""
+    tasks = report.selection.tasks
+    cells = [cell for cell in report.selection.cells if cell.backbone == backbone]
+    where: dict[str, dict[str, list[str]]] = {}  # reason -> setup -> its tasks, in table order
+    for cell in cells:
+        for reason in cell.problems:
+            where.setdefault(reason, {}).setdefault(cell.setup, []).append(cell.task)
+    lines = []
+    for reason, marked in where.items():
+        if sum(map(len, marked.values())) == len(cells):
+            lines.append(f"every cell: {reason}")
+            continue
+        parts = [
+            f"{setup} on {'every task' if len(ts) == len(tasks) else ', '.join(ts)}" for setup, ts in marked.items()
+        ]
+        lines.append(f"{'; '.join(parts)}: {reason}")
     missing: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for m in report.selection.macros:
         if m.backbone == backbone and m.missing:
             missing.setdefault((m.benchmark, tuple(m.missing)), []).append(m.setup)
-    for (benchmark, tasks), setups in missing.items():
+    for (benchmark, absent), setups in missing.items():
         label = report.selection.benchmark(benchmark).label
-        lines.append(f"{label} of {', '.join(setups)}: no score for {', '.join(tasks)}")
+        lines.append(f"{label} of {', '.join(setups)}: no score for {', '.join(absent)}")
     return lines
 
 
