@@ -225,6 +225,27 @@ def test_incomplete_cells_are_explained_once_per_reason_not_once_per_cell(tmp_pa
     assert problems(_report(tmp_path, benchmarks=[]), "minilm") == [expected]
 
 
+def test_cells_marked_for_several_reasons_are_named_once():
+    """The study's page named its 34 unfinished cells twice, once for "2 of 3 runs of the sweep not finished" and
+    again for "fewer than 2 seeds": the same cells get one line with both reasons; other cells keep their own."""
+    from types import SimpleNamespace as NS
+
+    from aotpt.report.tables import problems
+
+    unfinished, seeds = "2 of 3 runs of the sweep not finished", "1 of 1 configs have fewer than 2 seeds"
+    marks = {("aot", "rte"): [unfinished, seeds], ("aot", "cb"): ["1 of 3 runs of the sweep not finished"],
+             ("lora", "rte"): [unfinished, seeds], ("lora", "cb"): [unfinished, seeds]}  # fmt: skip
+    cells = [NS(backbone="minilm", setup=s, task=t, problems=p) for (s, t), p in marks.items()]
+    report = NS(selection=NS(tasks=["rte", "cb"], cells=cells, macros=[]))
+    assert problems(report, "minilm") == [
+        f"aot on rte; lora on every task: {unfinished}; {seeds}",
+        "aot on cb: 1 of 3 runs of the sweep not finished",
+    ]
+    for cell in cells:
+        cell.problems = [unfinished, seeds]
+    assert problems(report, "minilm") == [f"every cell: {unfinished}; {seeds}"]
+
+
 def test_registry_names_never_class_names(tmp_path):
     fake_run(tmp_path, "rte", 1, 0.6, method=PTV2)
     legacy = {"_target_": "aotpt.methods.ptuning_v2.PtuningV2Config", "length": 20}  # first results format

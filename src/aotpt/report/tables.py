@@ -153,24 +153,25 @@ def main_rows(report, backbone: str) -> list[tuple[str, str, list[Score]]]:
 
 
 def problems(report, backbone: str) -> list[str]:
-    """Why cells of this backbone are marked: one line per reason naming its cells ("every cell", or per setup
-    "on every task" or its tasks), so a grid with one seed of three in says so once, not once per cell; then one
-    line per set of missing benchmark tasks."""
+    """Why cells of this backbone are marked: one line per set of cells naming them ("every cell", or per setup
+    "on every task" or its tasks) and every reason that marks exactly those cells, so a grid with one seed of three
+    in says so once, not once per cell or once per reason; then one line per set of missing benchmark tasks."""
     tasks = report.selection.tasks
     cells = [cell for cell in report.selection.cells if cell.backbone == backbone]
     where: dict[str, dict[str, list[str]]] = {}  # reason -> setup -> its tasks, in table order
     for cell in cells:
         for reason in cell.problems:
             where.setdefault(reason, {}).setdefault(cell.setup, []).append(cell.task)
-    lines = []
+    reasons: dict[tuple, list[str]] = {}  # the same cells marked for several reasons: one line, its reasons
     for reason, marked in where.items():
-        if sum(map(len, marked.values())) == len(cells):
-            lines.append(f"every cell: {reason}")
+        reasons.setdefault(tuple((setup, tuple(ts)) for setup, ts in marked.items()), []).append(reason)
+    lines = []
+    for marked, why in reasons.items():
+        if sum(len(ts) for _, ts in marked) == len(cells):
+            lines.append(f"every cell: {'; '.join(why)}")
             continue
-        parts = [
-            f"{setup} on {'every task' if len(ts) == len(tasks) else ', '.join(ts)}" for setup, ts in marked.items()
-        ]
-        lines.append(f"{'; '.join(parts)}: {reason}")
+        parts = [f"{setup} on {'every task' if len(ts) == len(tasks) else ', '.join(ts)}" for setup, ts in marked]
+        lines.append(f"{'; '.join(parts)}: {'; '.join(why)}")
     missing: dict[tuple[str, tuple[str, ...]], list[str]] = {}
     for m in report.selection.macros:
         if m.backbone == backbone and m.missing:
