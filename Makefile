@@ -20,10 +20,10 @@ install: $(BIN)/python  ## venv + CPU torch first (the plain wheel pulls CUDA), 
 	$(BIN)/pip install -q -e ".[dev]"
 
 test:  ## fast suite: unit tests + short MiniLM runs on real data (~minutes, CPU)
-	WANDB_MODE=disabled $(BIN)/pytest -m "not slow and not gpu" -q
+	WANDB_MODE=disabled $(BIN)/pytest -m "not slow and not gpu" -q --durations=15
 
 test-slow:  ## only the slow tests: longer real-data, multi-process (DDP, resume) and CLI runs (CI runs them)
-	WANDB_MODE=disabled $(BIN)/pytest -m "slow and not gpu" -q
+	WANDB_MODE=disabled $(BIN)/pytest -m "slow and not gpu" -q --durations=15
 
 test-full:  ## everything except GPU tests, slow learning checks included
 	WANDB_MODE=disabled $(BIN)/pytest -m "not gpu" -q
