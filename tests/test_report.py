@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ def fake_run(
     wall: float = 60.0,
     error: str | None = None,
     threads: int | None = None,
+    cpu: str = "a CPU",
 ) -> Path:
     """A results.json as aotpt.train writes it; every metric of the task equals `score` unless it is MRPC/CB."""
     config = {
@@ -77,7 +79,7 @@ def fake_run(
         "wall_time_s": wall,
     }
     if threads is not None:  # results.json records the machine since the study's one-thread workers
-        result["machine"] = {"cpu": "a CPU", "cores": 2, "threads": threads, "gpu": None, "torch": "2.13.0"}
+        result["machine"] = {"cpu": cpu, "cores": 2, "threads": threads, "gpu": None, "torch": "2.13.0"}
     if identity:
         result |= {"identity": settings, "run_id": run_id}
     folder = root / f"{task}-{model}-{method['name']}" / f"seed{seed}" / f"lr{lr}-{run_id}"
@@ -292,11 +294,11 @@ def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_
             assert str(tmp_path) not in text and "/tmp" not in text, name
     md = (tmp_path / "a" / "report.md").read_text()
     assert "| aot/kron |" in md and "**" in md and "Built from 55 of the 56 runs" in md
-    # the wall time is read beside the thread count it ran with (blank for records from before `machine`)
+    # the wall time is read beside the machine it ran on ("not recorded" for records from before `machine`)
     cola = [line for line in md.splitlines() if line.startswith("| minilm | aot/kron | cola |")]
-    assert len(cola) == 1 and cola[0].replace(" ", "").endswith("|50.0|1|"), cola
+    assert len(cola) == 1 and cola[0].replace(" ", "").endswith("|50.0|aCPU,1thread|"), cola
     runs_csv = (tmp_path / "a" / "tables" / "runs.csv").read_text().splitlines()
-    assert [line for line in runs_csv if "cola" in line][0].endswith(",3000.0,1,744034")
+    assert [line for line in runs_csv if "cola" in line][0].endswith(',3000.0,1,"a CPU, 1 thread",744034')
     assert "1 failed" in md and "ValueError: boom" in md and "make study" in md
     assert "majority class" in md and "## Pilot" in md and "![" in md
     # the macro figure draws the majority class averaged like each benchmark column (its CSV holds the line)
@@ -315,6 +317,28 @@ def test_report_files_are_complete_deterministic_and_free_of_absolute_paths(tmp_
         report.run(OmegaConf.merge(OmegaConf.load(REPO / "conf" / "report.yaml"), checked))
     tex = (tmp_path / "a" / "report.tex").read_text()
     assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "ptuning" not in tex
+
+
+def test_minutes_per_run_compare_setups_on_one_machine_and_one_mix_of_tasks(tmp_path):
+    """Seed 1 of both setups ran on one CPU, LoRA's seed 2 on one three times slower (the study's seeds did):
+    the compute table must not read the slower machine as the slower method."""
+    runs = tmp_path / "runs"
+    for task, minutes in (("rte", 20), ("cb", 10)):
+        fake_run(runs, task, 1, 0.6, threads=1, wall=60.0 * minutes, cpu="Xeon")
+        fake_run(runs, task, 1, 0.5, method=LORA, params=100_000, threads=1, wall=60.0 * minutes, cpu="Xeon")
+        fake_run(runs, task, 2, 0.5, method=LORA, params=100_000, threads=1, wall=180.0 * minutes, cpu="EPYC")
+    fake_run(runs, "mrpc", 1, 0.5, method=LORA, params=100_000, threads=1, wall=60.0 * 30, cpu="EPYC")
+    _report(tmp_path, figure_formats=[])
+    params = {row[1]: row for row in csv.reader((tmp_path / "out/tables/params.csv").read_text().splitlines())}
+    assert params["aot/kron"][5:] == ["Xeon, 1 thread", "2", "2", "900.0", "0.50"]  # (20 + 10) / 2 min on Xeon
+    assert params["lora"][5:] == ["Xeon, 1 thread", "2", "3", "900.0", "2.50"]  # mrpc ran on EPYC only: 2/3 tasks
+    md = (tmp_path / "out" / "report.md").read_text()
+    compute = md.split("## Trainable parameters and compute")[1].split("##")[0]
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[6:8]] for line in compute.splitlines()
+            if line.startswith("| minilm |")}  # fmt: skip
+    assert rows == {"aot/kron": ["15.0", "0.50"], "lora": ["15.0 (2/3)", "2.50"]}, rows
+    assert "on Xeon, 1 thread, the machine that ran 4 of the 7 runs" in compute
+    assert "runs on others (EPYC, 1 thread: 3) count only in hours in all" in compute
 
 
 def test_summary_fills_the_readme_block_with_the_averaged_scores_and_stays_checked(tmp_path):

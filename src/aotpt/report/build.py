@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 import statistics
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class Report:
     show: list[str]
     params: dict[tuple[str, str], dict] = field(default_factory=dict)
     backbone_params: dict[str, int] = field(default_factory=dict)
+    machines: dict[str, int] = field(default_factory=dict)  # included runs per machine, most first
     majority: dict[str, dict] = field(default_factory=dict)
     pilot: list[PilotRow] = field(default_factory=list)
     coverage: Coverage | None = None
@@ -57,8 +59,21 @@ class Report:
     figures: list[str] = field(default_factory=list)
 
 
+def _machines(runs: list[Run]) -> dict[str, int]:
+    """How many of the selection's runs each machine ran, most first (ties by name): the first is the one
+    whose minutes the compute table compares, since a wall time compares only with one from the same machine."""
+    counts = Counter(r.machine for r in runs if r.state == "included")
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def _params(runs: list[Run], selection: Selection) -> dict[tuple[str, str], dict]:
-    """Per backbone and setup: trainable parameters of the chosen configs (median over tasks) and compute used."""
+    """Per backbone and setup: trainable parameters of the chosen configs (median over tasks) and compute used.
+
+    `wall_mean_s` is the mean over tasks of the mean wall time of the runs on the machine that ran the most
+    runs (`wall_tasks` of the setup's `tasks` have one there): setups are compared on one machine and one
+    mix of tasks, never a slower CPU read as a slower method. `wall_total_h` counts every run, anywhere.
+    """
+    reference = next(iter(_machines(runs)), None)
     out = {}
     for backbone in selection.backbones:
         for setup in selection.setups:
@@ -69,13 +84,19 @@ def _params(runs: list[Run], selection: Selection) -> dict[tuple[str, str], dict
                 continue
             trainable = statistics.median_low(r.trainable_params or 0 for r in chosen)
             backbone_size = max(r.backbone_params or 0 for r in chosen)
-            walls = [r.wall_time_s or 0.0 for r in grid]
+            by_task = defaultdict(list)
+            for r in grid:
+                if r.machine == reference and r.wall_time_s is not None:
+                    by_task[r.task].append(r.wall_time_s)
             out[(backbone, setup)] = {
                 "trainable": trainable,
                 "pct": 100 * trainable / backbone_size if backbone_size else 0.0,
                 "runs": len(grid),
-                "wall_mean_s": statistics.fmean(walls),
-                "wall_total_h": sum(walls) / 3600,
+                "machine": reference,
+                "wall_mean_s": statistics.fmean(statistics.fmean(w) for w in by_task.values()) if by_task else None,
+                "wall_tasks": len(by_task),
+                "tasks": len({r.task for r in grid}),
+                "wall_total_h": sum(r.wall_time_s or 0.0 for r in grid) / 3600,
             }
     return out
 
@@ -139,6 +160,7 @@ def build(cfg: DictConfig) -> Report:
         selection=selection,
         show=show,
         params=_params(runs, selection),
+        machines=_machines(runs),
         backbone_params={b: max(r.backbone_params or 0 for r in runs if r.backbone == b) for b in selection.backbones},
         majority=majority_scores(selection.tasks, cfg.data_dir) if cfg.get("data_dir") else {},
         coverage=coverage,

@@ -130,11 +130,26 @@ def _chosen(report) -> str:
 def _params(report) -> str:
     rows = []
     for (backbone, setup), p in report.params.items():
-        mean_min = f"{p['wall_mean_s'] / 60:.1f}"
+        mean_min = "" if p["wall_mean_s"] is None else f"{p['wall_mean_s'] / 60:.1f}"
+        if p["wall_mean_s"] is not None and p["wall_tasks"] < p["tasks"]:
+            mean_min += f" ({p['wall_tasks']}/{p['tasks']})"
         rows.append([backbone, setup, f"{p['trainable']:,}", f"{p['pct']:.2f}", str(p["runs"]), mean_min])
         rows[-1].append(f"{p['wall_total_h']:.2f}")
     header = ["backbone", "setup", "trainable params", "% of backbone", "runs", "min per run", "hours in all"]
-    return md_table(header, rows, right=2)
+    machines = list(report.machines.items())
+    (reference, n), others = machines[0], machines[1:]
+    note = (
+        f"min per run: the mean over tasks of the mean wall time of the setup's runs on {reference}, the machine "
+        f"that ran {n} of the {sum(report.machines.values())} runs; (k/n): over the k of its n tasks run there. "
+    )
+    if others:
+        where = "; ".join(f"{name}: {count}" for name, count in others)
+        note += (
+            "A wall time compares only with one from the same machine, so the runs on others "
+            f"({where}) count only in hours in all. "
+        )
+    note += "hours in all: every run of the setup."
+    return md_table(header, rows, right=2) + "\n\n" + note
 
 
 def _pilot(report) -> str:
@@ -182,10 +197,10 @@ def _all_runs(report) -> str:
                 pct(r.score),
                 best,
                 wall,
-                "" if r.threads is None else str(r.threads),
+                r.machine,
             ]
         )
-    header = ["backbone", "setup", "task", "config", "seed", "dev score", "best epoch", "minutes", "threads"]
+    header = ["backbone", "setup", "task", "config", "seed", "dev score", "best epoch", "minutes", "machine"]
     return md_table(header, rows, right=4)
 
 
@@ -211,8 +226,10 @@ def render(report, page: Path, existing: str | None) -> str:
     used = sum(r.state == "included" for r in report.runs)
     sections += [
         "## All runs",
-        f"<details><summary>The {used} runs of the selection (minutes: wall time per run; threads: torch's "
-        "CPU threads, as recorded in results.json)</summary>\n\n" + _all_runs(report) + "\n\n</details>",
+        f"<details><summary>The {used} runs of the selection (minutes: wall time per run; machine: the CPU and "
+        "torch's CPU threads, or the GPU, it ran on, as recorded in results.json)</summary>\n\n"
+        + _all_runs(report)
+        + "\n\n</details>",
     ]
     return "\n\n".join(sections) + "\n"
 

@@ -56,6 +56,7 @@ class Run:
     epochs: int = 0  # dev evaluations recorded
     wall_time_s: float | None = None
     threads: int | None = None  # torch's CPU threads (results.json `machine`; absent in older records)
+    machine: str = ""  # where wall_time_s was measured (`machine_label`): minutes compare only on one machine
     trainable_params: int | None = None
     backbone_params: int | None = None
     config: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -86,6 +87,17 @@ def shortened_by(config: dict) -> list[str]:
     ]
     limit = (config.get("data") or {}).get("limit_examples")
     return found + ([f"data.limit_examples={limit}"] if limit is not None else [])
+
+
+def machine_label(machine: dict | None) -> str:
+    """results.json's `machine` as one short name: the GPU(s) a run used, else the CPU and torch's threads."""
+    if not machine:
+        return "not recorded"
+    if machine.get("gpu"):
+        gpus = machine.get("gpus") or 1
+        return machine["gpu"] + (f" x{gpus}" if gpus > 1 else "")
+    threads = machine.get("threads")
+    return f"{machine.get('cpu') or 'CPU'}" + (f", {threads} thread{'s' * (threads != 1)}" if threads else "")
 
 
 def _backbone_params(result: dict) -> int | None:
@@ -120,6 +132,7 @@ def read_run(path: Path, root: Path) -> Run:
         "epochs": len(result.get("epochs") or []),
         "wall_time_s": result.get("wall_time_s"),
         "threads": (result.get("machine") or {}).get("threads"),
+        "machine": machine_label(result.get("machine")),
         "trainable_params": result.get("trainable_params"),
         "backbone_params": _backbone_params(result),
     }

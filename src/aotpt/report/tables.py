@@ -277,20 +277,23 @@ def macro_csv(report) -> str:
 
 def params_csv(report) -> str:
     rows = [
-        [b, s, p["trainable"], f"{p['pct']:.4f}", p["runs"], f"{p['wall_mean_s']:.1f}", f"{p['wall_total_h']:.2f}"]
+        [b, s, p["trainable"], f"{p['pct']:.4f}", p["runs"], p["machine"], p["wall_tasks"], p["tasks"]]
+        + ["" if p["wall_mean_s"] is None else f"{p['wall_mean_s']:.1f}", f"{p['wall_total_h']:.2f}"]
         for (b, s), p in report.params.items()
     ]
-    header = ["backbone", "setup", "trainable_params", "pct_of_backbone", "runs", "wall_time_mean_s", "wall_time_h"]
+    header = ["backbone", "setup", "trainable_params", "pct_of_backbone", "runs", "machine", "machine_tasks", "tasks"]
+    header += ["wall_time_mean_s", "wall_time_h"]
     return csv_text(header, rows)
 
 
 def runs_csv(runs) -> str:
     header = ["path", "state", "reason", "backbone", "setup", "task", "seed", "run_id", "score", "best_epoch"]
-    header += ["epochs", "wall_time_s", "threads", "trainable_params"]
+    header += ["epochs", "wall_time_s", "threads", "machine", "trainable_params"]
     rows = [
         [r.path, r.state, r.reason, r.backbone, r.setup, r.task, r.seed, r.run_id or ""]
         + ["" if r.score is None else pct(r.score, 3), "" if r.best_epoch is None else r.best_epoch, r.epochs]
-        + ["" if r.wall_time_s is None else f"{r.wall_time_s:.1f}", r.threads or "", r.trainable_params or ""]
+        + ["" if r.wall_time_s is None else f"{r.wall_time_s:.1f}", r.threads or "", r.machine]
+        + [r.trainable_params or ""]
         for r in runs
     ]
     return csv_text(header, rows)
