@@ -66,14 +66,15 @@ def _machines(runs: list[Run]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _params(runs: list[Run], selection: Selection) -> dict[tuple[str, str], dict]:
+def _params(runs: list[Run], selection: Selection, machines: dict[str, int]) -> dict[tuple[str, str], dict]:
     """Per backbone and setup: trainable parameters of the chosen configs (median over tasks) and compute used.
 
     `wall_mean_s` is the mean over tasks of the mean wall time of the runs on the machine that ran the most
-    runs (`wall_tasks` of the setup's `tasks` have one there): setups are compared on one machine and one
-    mix of tasks, never a slower CPU read as a slower method. `wall_total_h` counts every run, anywhere.
+    runs (the first of `machines`; `wall_tasks` of the setup's `tasks` have one there): setups are compared
+    on one machine and one mix of tasks, never a slower CPU read as a slower method. `wall_total_h` counts
+    every run, anywhere.
     """
-    reference = next(iter(_machines(runs)), None)
+    reference = next(iter(machines), None)
     out = {}
     for backbone in selection.backbones:
         for setup in selection.setups:
@@ -152,6 +153,7 @@ def build(cfg: DictConfig) -> Report:
         raise ConfigError(f"runs_dir={runs_dir}: no results.json of a finished, identified run (found: {states})")
     selection = select(runs, coverage, benchmarks)
     show = list(cfg.get("show") or [])
+    machines = _machines(runs)
     report = Report(
         title=cfg.title,
         runs_dir=runs_dir,
@@ -159,8 +161,8 @@ def build(cfg: DictConfig) -> Report:
         runs=runs,
         selection=selection,
         show=show,
-        params=_params(runs, selection),
-        machines=_machines(runs),
+        params=_params(runs, selection, machines),
+        machines=machines,
         backbone_params={b: max(r.backbone_params or 0 for r in runs if r.backbone == b) for b in selection.backbones},
         majority=majority_scores(selection.tasks, cfg.data_dir) if cfg.get("data_dir") else {},
         coverage=coverage,
