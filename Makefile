@@ -9,7 +9,7 @@ LAUNCHER ?=
 RUNS ?= logs/runs
 ROOT := $${AOTPT_ROOT:-.}
 
-.PHONY: install test test-slow test-full test-gpu train sweep paper search export predict serve submit report study study-pilot study-grid study-background study-stop study-commit study-page bench bench-serving bench-server lint format clean
+.PHONY: install test test-slow test-full test-gpu train sweep paper search export predict serve submit report study study-pilot study-grid study-background study-stop study-drain study-commit study-page bench bench-serving bench-server lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -74,9 +74,12 @@ STUDY_STAGGER ?= 5
 # The study's jobs (the pilot's too: study_minilm_pilot) carry STUDY_ENV, by which study-stop finds them.
 STUDY_JOBS := aotpt.train -m --config-dir sweeps --config-name study_minilm
 STUDY_ENV = AOTPT_STUDY=$(abspath $(STUDY))
+# While $(STUDY)/.study-drain exists (make study-drain) no job starts: the running ones finish, then the study ends.
+STUDY_DRAIN = $(STUDY)/.study-drain
+STUDY_DRAIN_ENV = AOTPT_DRAIN_FILE=$(abspath $(STUDY_DRAIN))
 
 study: study-pilot  ## the MiniLM study (issue #15): the pilot, then the grid seed by seed; finished runs are skipped; STUDY_WORKERS=2 trains two at once
-	@rm -f $(STUDY)/.study-stop
+	@rm -f $(STUDY)/.study-stop $(STUDY_DRAIN)
 	@if [ $(STUDY_WORKERS) -gt 1 ]; then \
 		trap 'echo "stopping the workers"; $(MAKE) --no-print-directory study-stop > /dev/null; wait; exit 130' INT TERM; \
 		threads=$$(( $$(env -u OMP_NUM_THREADS nproc) / $(STUDY_WORKERS) )); [ $$threads -ge 1 ] || threads=1; \
@@ -88,24 +91,28 @@ study: study-pilot  ## the MiniLM study (issue #15): the pilot, then the grid se
 		done; \
 		wait; \
 		[ ! -e $(STUDY)/.study-stop ] || { echo "stopped (make study-stop)"; exit 130; }; \
+		[ ! -e $(STUDY_DRAIN) ] || { echo "drained (make study-drain)"; exit 130; }; \
 		echo "workers done; one pass checks that every job finished (and retries any that failed)"; \
 	fi
 	$(MAKE) --no-print-directory study-grid
 
 study-pilot:  ## the study's pilot (sweeps/study_minilm_pilot.yaml); `make study` runs it first
-	$(STUDY_ENV) $(BIN)/python -m $(STUDY_JOBS)_pilot data_dir=$(DATA_DIR)
+	@rm -f $(STUDY_DRAIN)
+	$(STUDY_ENV) $(STUDY_DRAIN_ENV) $(BIN)/python -m $(STUDY_JOBS)_pilot data_dir=$(DATA_DIR)
 
 study-grid:  ## the grid, seed by seed (study and its workers call it); STUDY_KEEP_GOING=1 passes over failed jobs
-	@export $(STUDY_ENV); for seed in $(STUDY_SEEDS); do \
+	@export $(STUDY_ENV) $(STUDY_DRAIN_ENV); for seed in $(STUDY_SEEDS); do \
 		[ ! -e $(STUDY)/.study-stop ] || { echo "stopped (make study-stop)"; exit 130; }; \
+		[ ! -e $(STUDY_DRAIN) ] || { echo "drained (make study-drain)"; exit 130; }; \
 		$(BIN)/python -m $(STUDY_JOBS) data_dir=$(DATA_DIR) seed=$$seed $(STUDY_ARGS) || { status=$$?; \
-			[ -n "$(STUDY_KEEP_GOING)" ] && [ $$status -ne 130 ] && [ ! -e $(STUDY)/.study-stop ] || exit $$status; }; \
+			[ -n "$(STUDY_KEEP_GOING)" ] && [ $$status -ne 130 ] && [ ! -e $(STUDY)/.study-stop ] && \
+				[ ! -e $(STUDY_DRAIN) ] || exit $$status; }; \
 	done
 
 study-background:  ## `make study` under nohup, and a loop that commits each finished run's results.json every 5 minutes
 	@if [ -e $(STUDY)/.study-pid ] && kill -0 $$(cat $(STUDY)/.study-pid) 2>/dev/null; then \
 		echo "error: a study of this checkout runs (pid $$(cat $(STUDY)/.study-pid)); make study-stop first" >&2; exit 1; fi
-	rm -f $(STUDY)/.study-stop
+	rm -f $(STUDY)/.study-stop $(STUDY_DRAIN)
 	nohup sh -c 'echo $$$$ > $(STUDY)/.study-pid; \
 		$(MAKE) study STUDY_ARGS="$(STUDY_ARGS)" STUDY_WORKERS=$(STUDY_WORKERS) > $(STUDY)/study.log 2>&1 & study=$$!; \
 		n=0; while kill -0 $$study 2>/dev/null; do sleep 10; n=$$((n + 1)); [ $$((n % 30)) -ne 0 ] || $(MAKE) study-commit; done; \
@@ -133,6 +140,19 @@ study-stop:  ## stop this checkout's study (pilot, grid, workers): a running job
 		while kill -0 $$(cat $(STUDY)/.study-pid) 2>/dev/null; do sleep 1; done; \
 	fi; \
 	echo "stopped: nothing of $(STUDY)'s study runs"
+
+study-drain:  ## let this checkout's running study jobs finish and start no other; returns once none runs (and the last commit is made)
+	@touch $(STUDY_DRAIN); echo "draining: the running jobs finish, no other starts (make study-stop stops them now)"; \
+	n=0; while grep -lqxzF '$(STUDY_ENV)' /proc/[0-9]*/environ 2>/dev/null; do \
+		[ $$((n % 60)) -ne 0 ] || echo "$$(date +%T) training: $$(grep -l '"status": "running"' \
+			$$(find $(STUDY)/runs $(STUDY)/pilot -name results.json 2>/dev/null) /dev/null | xargs -r -n1 dirname | tr '\n' ' ')"; \
+		n=$$((n + 1)); sleep 1; \
+	done; \
+	if [ -e $(STUDY)/.study-pid ] && kill -0 $$(cat $(STUDY)/.study-pid) 2>/dev/null; then \
+		echo "waiting for the commit loop's last commit"; \
+		while kill -0 $$(cat $(STUDY)/.study-pid) 2>/dev/null; do sleep 1; done; \
+	fi; \
+	echo "drained: nothing of $(STUDY)'s study runs"
 
 # README.md without the study's summary block (the part study-commit never commits)
 README_SANS_SUMMARY := sed '\%^<!-- summary of $(STUDY).md: begin -->$$%,\%^<!-- summary of $(STUDY).md: end -->$$%d'

@@ -63,6 +63,22 @@ def test_finished_run_returns_its_stored_result_touching_nothing(train_cfg, monk
     assert _snapshot(folder) == before
 
 
+def test_drain_file_lets_finished_runs_answer_and_starts_no_other(train_cfg, monkeypatch, tmp_path):
+    """While $AOTPT_DRAIN_FILE names a file that exists (make study-drain), a finished run still returns its
+    stored result and a run not finished does not start: KeyboardInterrupt (a sweep stops as interrupted), its
+    folder untouched. Without the file, runs start as before."""
+    drain = tmp_path / "drain"
+    monkeypatch.setenv("AOTPT_DRAIN_FILE", str(drain))
+    first = train.run(train_cfg("task=mrpc", run="finished"))  # no file yet: it trains
+    assert first["status"] == "completed"
+    drain.touch()
+    _forbid(monkeypatch)
+    assert train.run(train_cfg("task=mrpc", run="finished"))["stored"]
+    with pytest.raises(KeyboardInterrupt):
+        train.run(train_cfg("task=rte", run="new"))
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").rglob("*"))
+
+
 def test_finished_folder_with_other_settings_is_refused_naming_them(train_cfg):
     train.run(train_cfg("task=mrpc"))
     with pytest.raises(ConfigError) as err:  # e.g. a changed default that resolves to another lr in the same folder

@@ -285,3 +285,48 @@ def test_two_study_workers_share_the_grid_and_stop_with_study_stop_or_ctrl_c(tmp
     resumed = {name for name in interrupted if f"resuming from {tmp_path}" in worker_logs and name in worker_logs}
     assert resumed == interrupted
     assert [e["epoch"] for r in runs.values() for e in r["epochs"]] == list(range(20)) * 4
+
+
+@pytest.mark.slow
+def test_study_drain_lets_the_running_jobs_finish_and_starts_no_other(tmp_path):
+    """`make study-drain` while two workers train: both runs finish (completed, not interrupted), no other job
+    starts, the study ends as drained and study-drain returns once none of its jobs runs. The next `make study`
+    trains only the jobs left, each once."""
+    log = tmp_path / "study.log"
+    with open(log, "w") as out:
+        proc = _study(tmp_path, "study", stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        frozen, _ = _freeze_two_training(tmp_path, proc, log, since={})
+        try:
+            started = set(_runs(tmp_path))
+            drain = subprocess.Popen(
+                ["make", "--no-print-directory", "study-drain", f"STUDY={tmp_path}"],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            deadline = time.monotonic() + 60
+            while not (tmp_path / ".study-drain").exists():
+                assert time.monotonic() < deadline and drain.poll() is None, drain.communicate()[0]
+                time.sleep(0.05)
+            _signal(frozen, signal.SIGCONT)
+            out, _ = drain.communicate(timeout=600)
+            assert drain.returncode == 0 and "drained: nothing of" in out, out
+            assert proc.wait(timeout=60) != 0
+        finally:  # a failed check leaves no frozen or running study behind
+            _signal(frozen, signal.SIGCONT)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _signal(_study_processes(tmp_path), signal.SIGKILL)
+    assert "drained (make study-drain)" in log.read_text() and not _study_processes(tmp_path)
+    runs = _runs(tmp_path)
+    assert set(runs) == started, "a job started after study-drain"
+    assert {n: r["status"] for n, r in runs.items()} == dict.fromkeys(runs, "completed"), log.read_text()[-3000:]
+    assert len(runs) < 4
+
+    proc = _study(tmp_path, "study", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    runs = _runs(tmp_path)
+    assert len(runs) == 4 and all(r["status"] == "completed" for r in runs.values())
+    assert [e["epoch"] for r in runs.values() for e in r["epochs"]] == list(range(20)) * 4

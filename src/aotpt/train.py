@@ -5,7 +5,9 @@ The run folder gets `results.json`, checkpoints (trained tensors only) and
 `model/trained.safetensors` with the best dev epoch's weights and metadata.
 
 A run, in order: check the config (one line per mistake) -> a finished run
-with this identity returns its stored result, touching nothing -> lock the
+with this identity returns its stored result, touching nothing -> a run not
+finished does not start while the file $AOTPT_DRAIN_FILE exists (a sweep
+stops as interrupted: `make study-drain`) -> lock the
 folder -> read and tokenise the data -> build the model -> loggers and
 trainer -> fit (resuming last.ckpt) -> save the best epoch's weights. Each
 step can only fail on what the earlier ones did not check, and from the
@@ -14,6 +16,7 @@ folder lock on every failure is recorded in results.json and W&B.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from pathlib import Path
@@ -156,6 +159,17 @@ def _finish_wandb(failed: bool) -> None:
         wandb.finish(exit_code=1 if failed else 0)
 
 
+DRAIN_FILE = "AOTPT_DRAIN_FILE"  # while the file it names exists, no run starts (the ones training go on)
+
+
+def _drained(output_dir: Path) -> None:
+    """Raise KeyboardInterrupt (a sweep stops as interrupted) if $AOTPT_DRAIN_FILE names a file that exists."""
+    drain = os.environ.get(DRAIN_FILE)
+    if drain and Path(drain).exists():
+        log.warning("%s exists (%s): not starting %s", drain, DRAIN_FILE, output_dir)
+        raise KeyboardInterrupt
+
+
 def run(cfg: DictConfig) -> dict:
     """Fit on the task's train split, evaluate every epoch, keep the best dev epoch.
 
@@ -168,6 +182,7 @@ def run(cfg: DictConfig) -> dict:
     if (stored := stored_result(output_dir, ident)) is not None:
         log.info("%s: finished run, returning its stored result (delete its results.json to train again)", output_dir)
         return stored
+    _drained(output_dir)
     with RunLock(output_dir):
         if (stored := stored_result(output_dir, ident)) is not None:  # finished while we waited for the lock
             return stored
