@@ -19,8 +19,11 @@ install: $(BIN)/python  ## venv + CPU torch first (the plain wheel pulls CUDA), 
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 
+# The default suite runs on every core (pytest-xdist, one test file per worker so that each module fixture is
+# built once); tests/conftest.py gives each worker its share of the cores' threads. The slow suite stays serial:
+# its multi-process tests (DDP, the study's two workers, Ctrl-C and resume) time their steps and count threads.
 test:  ## fast suite: unit tests + short MiniLM runs on real data (~minutes, CPU)
-	WANDB_MODE=disabled $(BIN)/pytest -m "not slow and not gpu" -q --durations=15
+	WANDB_MODE=disabled $(BIN)/pytest -m "not slow and not gpu" -q --durations=15 -n auto --dist loadfile
 
 test-slow:  ## only the slow tests: longer real-data, multi-process (DDP, resume) and CLI runs (CI runs them)
 	WANDB_MODE=disabled $(BIN)/pytest -m "slow and not gpu" -q --durations=15

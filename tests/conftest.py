@@ -9,6 +9,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+# Under pytest-xdist (`make test` runs `-n auto`) each worker gets its share of the cores: torch here reads
+# OMP_NUM_THREADS when it loads, and the CLIs the tests start inherit it. Without the share, N workers of
+# all-core torch oversubscribe the CPU.
+if _workers := os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // int(_workers))))
+
 import pytest
 import torch
 import yaml
