@@ -113,15 +113,25 @@ def _post_all(url: str, bodies: list, workers: int = 8) -> list[httpx.Response]:
 
 
 def test_concurrent_mixed_requests_get_exactly_what_predict_writes(server, artifacts, tmp_path):
-    responses = _post_all(server.url, REQUESTS)
-    assert [r.status_code for r in responses] == [200] * len(REQUESTS), [r.text for r in responses]
+    """Every round's answers are exact; within a few rounds a batch mixes rte and sst2 rows.
+
+    Which requests share a batch depends on when they reach a worker, so a loaded machine (the suite runs on
+    every core) may batch one round per task; the rounds stop at the first mixed batch. A server that never
+    mixes tasks fails after the last round."""
     want = _reference([artifacts["rte"], artifacts["sst2"]], REQUESTS, tmp_path)
-    for request, response, reference in zip(REQUESTS, responses, want, strict=True):
-        got = response.json()
-        _same_prediction(got, reference)
-        assert got["id"] == request.get("id")
-        assert got["truncated"] == (request.get("id") in ("long", "f"))  # cut to the task's trained max_length
-    stats = _worker_stats(server, lambda w: sum(s["batches"]["requests"] for s in w.values()) >= len(REQUESTS))
+    sent = sum(w["batches"]["requests"] for w in _worker_stats(server, lambda w: len(w) == 2).values())
+    for _ in range(5):
+        responses = _post_all(server.url, REQUESTS)
+        sent += len(REQUESTS)
+        assert [r.status_code for r in responses] == [200] * len(REQUESTS), [r.text for r in responses]
+        for request, response, reference in zip(REQUESTS, responses, want, strict=True):
+            got = response.json()
+            _same_prediction(got, reference)
+            assert got["id"] == request.get("id")
+            assert got["truncated"] == (request.get("id") in ("long", "f"))  # cut to the task's trained max_length
+        stats = _worker_stats(server, lambda w: sum(s["batches"]["requests"] for s in w.values()) >= sent)
+        if sum(w["batches"]["mixed"] for w in stats.values()) > 0:
+            break
     assert len(stats) == 2
     assert max(w["batches"]["largest"] for w in stats.values()) > 1  # concurrent requests were batched
     assert sum(w["batches"]["mixed"] for w in stats.values()) > 0  # ... rte and sst2 rows in one forward
