@@ -129,7 +129,7 @@ def test_concurrent_mixed_requests_get_exactly_what_predict_writes(server, artif
             _same_prediction(got, reference)
             assert got["id"] == request.get("id")
             assert got["truncated"] == (request.get("id") in ("long", "f"))  # cut to the task's trained max_length
-        stats = _worker_stats(server, lambda w: sum(s["batches"]["requests"] for s in w.values()) >= sent)
+        stats = _worker_stats(server, lambda w, sent=sent: sum(s["batches"]["requests"] for s in w.values()) >= sent)
         if sum(w["batches"]["mixed"] for w in stats.values()) > 0:
             break
     assert len(stats) == 2
